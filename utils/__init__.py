@@ -1,0 +1,1 @@
+"""Shared building blocks of the voiceprint scripts (one module per concern)."""

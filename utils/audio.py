@@ -1,0 +1,282 @@
+"""Audio: load any file as 16 kHz mono float32, crop, trim silence, augment.
+
+Everything here works on 1-D numpy float32 waveforms in [-1, 1]. Errors about
+user input are raised as `AudioError` with a one-line message that scripts print
+as is (no traceback).
+"""
+
+from __future__ import annotations
+
+import os
+from math import gcd
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import soundfile as sf
+
+SAMPLE_RATE = 16000
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus")
+
+
+class AudioError(ValueError):
+    """A recording that cannot be used; the message is one line for the user."""
+
+
+# loading
+
+
+def audio_info(path: str | os.PathLike) -> tuple[int, int]:
+    """Return (num_frames, sample_rate) without decoding the file."""
+    path = Path(path)
+    _check_path(path)
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # soundfile raises several types for bad files
+        raise AudioError(f"cannot decode audio file {path}: {_short(exc)}") from None
+    return int(info.frames), int(info.samplerate)
+
+
+def load_audio(
+    path: str | os.PathLike,
+    sample_rate: int = SAMPLE_RATE,
+    start_seconds: float = 0.0,
+    max_seconds: float | None = None,
+    vad: bool = False,
+) -> np.ndarray:
+    """Decode WAV/FLAC/OGG/MP3 (any rate, any channel count) to mono float32 at `sample_rate`.
+
+    `start_seconds`/`max_seconds` read only a window of the file, so a one-hour
+    recording never has to fit in memory. Non-finite samples are an error
+    rather than silently poisoning an embedding.
+    """
+    path = Path(path)
+    _check_path(path)
+    try:
+        with sf.SoundFile(str(path)) as f:
+            source_rate = f.samplerate
+            start = int(round(start_seconds * source_rate))
+            if start:
+                f.seek(min(start, max(f.frames - 1, 0)) if f.frames > 0 else 0)
+            frames = -1 if max_seconds is None else int(round(max_seconds * source_rate))
+            data = f.read(frames=frames, dtype="float32", always_2d=True)
+    except AudioError:
+        raise
+    except Exception as exc:
+        raise AudioError(f"cannot decode audio file {path}: {_short(exc)}") from None
+    if data.size == 0:
+        raise AudioError(f"audio file {path} has no samples")
+    wav = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if not np.isfinite(wav).all():
+        raise AudioError(f"audio file {path} contains NaN or infinite samples")
+    wav = resample(wav, source_rate, sample_rate)
+    if vad:
+        wav = trim_silence(wav, sample_rate)
+    return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+def to_mono(wav: np.ndarray) -> np.ndarray:
+    """Downmix (N,), (N, C) or (C, N) arrays to (N,) float32; channels are the short axis."""
+    wav = np.asarray(wav, dtype=np.float32)
+    if wav.ndim == 1:
+        return wav
+    if wav.ndim != 2:
+        raise AudioError(f"audio array must be 1-D or 2-D, got shape {wav.shape}")
+    channel_axis = 1 if wav.shape[1] <= wav.shape[0] else 0
+    return wav.mean(axis=channel_axis).astype(np.float32)
+
+
+def resample(wav: np.ndarray, source_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """High-quality polyphase resampling (scipy), exact for integer rate ratios."""
+    if source_rate == target_rate:
+        return wav.astype(np.float32, copy=False)
+    if source_rate <= 0:
+        raise AudioError(f"invalid sample rate {source_rate}")
+    from scipy.signal import resample_poly  # lazy: scipy import costs ~0.2 s
+
+    divisor = gcd(int(source_rate), int(target_rate))
+    out = resample_poly(wav, target_rate // divisor, source_rate // divisor)
+    return out.astype(np.float32)
+
+
+def _check_path(path: Path) -> None:
+    if not path.exists():
+        raise AudioError(f"audio file not found: {path}")
+    if path.is_dir():
+        raise AudioError(f"expected an audio file but got a directory: {path}")
+    if path.stat().st_size == 0:
+        raise AudioError(f"audio file is empty (0 bytes): {path}")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
+
+
+# checks
+
+
+def check_speech(wav: np.ndarray, sample_rate: int = SAMPLE_RATE, min_seconds: float = 0.3, name: str = "audio") -> None:
+    """Raise AudioError when a recording is too short or silent to carry a voiceprint."""
+    seconds = len(wav) / sample_rate
+    if seconds < min_seconds:
+        raise AudioError(f"{name} is too short: {seconds:.2f} s (need at least {min_seconds:g} s)")
+    if float(np.max(np.abs(wav))) < 1e-4:
+        raise AudioError(f"{name} is silent (all samples are near zero)")
+
+
+# cropping and silence
+
+
+def crop_or_pad(wav: np.ndarray, num_samples: int, offset: int = 0) -> np.ndarray:
+    """A window of exactly `num_samples`; short recordings are tiled (repeated), not zero-padded."""
+    if len(wav) == 0:
+        raise AudioError("cannot crop an empty recording")
+    if len(wav) < num_samples:
+        reps = -(-num_samples // len(wav))
+        wav = np.tile(wav, reps)
+        offset = 0
+    offset = int(np.clip(offset, 0, len(wav) - num_samples))
+    return wav[offset : offset + num_samples]
+
+
+def random_crop(wav: np.ndarray, num_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """Uniformly random window of `num_samples` (tiled when the recording is shorter)."""
+    high = max(len(wav) - num_samples, 0)
+    return crop_or_pad(wav, num_samples, int(rng.integers(0, high + 1)))
+
+
+def trim_silence(wav: np.ndarray, sample_rate: int = SAMPLE_RATE, top_db: float = 40.0, frame_ms: float = 25.0) -> np.ndarray:
+    """Energy VAD: drop frames more than `top_db` below the loudest frame, keep the rest in order.
+
+    Returns the input unchanged when it would remove everything (a short or
+    quiet clip is better embedded whole than not at all).
+    """
+    frame = max(int(sample_rate * frame_ms / 1000), 1)
+    usable = len(wav) // frame * frame
+    if usable == 0:
+        return wav
+    frames = wav[:usable].reshape(-1, frame)
+    energy_db = 10.0 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-12)
+    keep = energy_db > energy_db.max() - top_db
+    if keep.sum() == 0 or keep.all():
+        return wav
+    kept = frames[keep].reshape(-1)
+    return kept if len(kept) >= sample_rate * 0.1 else wav
+
+
+# augmentation
+
+
+def speed_perturb(wav: np.ndarray, factor: float) -> np.ndarray:
+    """Change speed and pitch together by `factor` (0.9 slower, 1.1 faster) via resampling."""
+    if factor == 1.0:
+        return wav
+    from scipy.signal import resample_poly
+
+    # playing N samples as if recorded at rate*factor: resample by 1/factor
+    up, down = {0.9: (10, 9), 1.1: (10, 11)}.get(round(factor, 3), (1000, int(round(1000 * factor))))
+    return resample_poly(wav, up, down).astype(np.float32)
+
+
+def list_audio_files(folder: str | os.PathLike) -> list[Path]:
+    """All audio files below `folder`, sorted, for noise and RIR collections."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise AudioError(f"not a directory: {folder}")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+
+
+class Augmenter:
+    """Waveform augmentation for training, each part switchable.
+
+    gain: random level in dB; noise: additive noise at a random SNR (files from
+    `noise_dir`, or generated coloured noise); reverb: convolution with a room
+    impulse response (files from `rir_dir`, or a synthetic exponentially
+    decaying one). All randomness comes from the `rng` passed in, so a resumed
+    run replays exactly the same augmentation.
+    """
+
+    def __init__(
+        self,
+        gain_db: float = 6.0,
+        noise_prob: float = 0.0,
+        snr_range: Sequence[float] = (5.0, 20.0),
+        noise_dir: str | None = None,
+        reverb_prob: float = 0.0,
+        rir_dir: str | None = None,
+        sample_rate: int = SAMPLE_RATE,
+    ) -> None:
+        self.gain_db = gain_db
+        self.noise_prob = noise_prob
+        self.snr_range = tuple(snr_range)
+        self.reverb_prob = reverb_prob
+        self.sample_rate = sample_rate
+        self.noise_files = list_audio_files(noise_dir) if noise_dir else []
+        self.rir_files = list_audio_files(rir_dir) if rir_dir else []
+        if noise_dir and not self.noise_files:
+            raise AudioError(f"no audio files in --noise_dir {noise_dir}")
+        if rir_dir and not self.rir_files:
+            raise AudioError(f"no audio files in --rir_dir {rir_dir}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.gain_db > 0 or self.noise_prob > 0 or self.reverb_prob > 0
+
+    def __call__(self, wav: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if self.reverb_prob > 0 and rng.random() < self.reverb_prob:
+            wav = self._reverb(wav, rng)
+        if self.noise_prob > 0 and rng.random() < self.noise_prob:
+            wav = self._add_noise(wav, rng)
+        if self.gain_db > 0:
+            wav = wav * np.float32(10.0 ** (rng.uniform(-self.gain_db, self.gain_db) / 20.0))
+        return wav.astype(np.float32, copy=False)
+
+    def _noise(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        if self.noise_files:
+            path = self.noise_files[int(rng.integers(len(self.noise_files)))]
+            try:
+                noise = load_audio(path, self.sample_rate)
+                return random_crop(noise, n, rng)
+            except AudioError:
+                pass  # a broken noise file must not stop training; fall back to generated noise
+        # coloured noise: white noise shaped by 1/f^alpha, alpha in [0, 2] (white .. brown)
+        alpha = rng.uniform(0.0, 2.0)
+        spectrum = np.fft.rfft(rng.standard_normal(n))
+        freqs = np.fft.rfftfreq(n)
+        freqs[0] = freqs[1] if n > 1 else 1.0
+        noise = np.fft.irfft(spectrum / freqs ** (alpha / 2.0), n)
+        return noise.astype(np.float32)
+
+    def _add_noise(self, wav: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        noise = self._noise(len(wav), rng)
+        speech_power = float(np.mean(wav**2)) + 1e-10
+        noise_power = float(np.mean(noise**2)) + 1e-10
+        snr_db = rng.uniform(*self.snr_range)
+        scale = np.sqrt(speech_power / (noise_power * 10.0 ** (snr_db / 10.0)))
+        return (wav + scale * noise).astype(np.float32)
+
+    def _rir(self, rng: np.random.Generator) -> np.ndarray:
+        if self.rir_files:
+            path = self.rir_files[int(rng.integers(len(self.rir_files)))]
+            try:
+                rir = load_audio(path, self.sample_rate)
+                return rir[: self.sample_rate]  # first second holds the useful tail
+            except AudioError:
+                pass
+        rt60 = rng.uniform(0.2, 0.8)
+        n = int(self.sample_rate * rt60)
+        t = np.arange(n) / self.sample_rate
+        rir = rng.standard_normal(n) * np.exp(-6.9 * t / rt60)  # -60 dB at rt60
+        rir[0] = 1.0  # the direct path
+        return rir.astype(np.float32)
+
+    def _reverb(self, wav: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        from scipy.signal import fftconvolve
+
+        rir = self._rir(rng)
+        rir = rir / (np.sqrt(np.sum(rir**2)) + 1e-10)
+        peak = int(np.argmax(np.abs(rir)))
+        out = fftconvolve(wav, rir)[peak : peak + len(wav)]
+        # keep the level of the dry signal so gain augmentation stays meaningful
+        return (out * (np.sqrt(np.mean(wav**2)) / (np.sqrt(np.mean(out**2)) + 1e-10))).astype(np.float32)

@@ -1,0 +1,81 @@
+"""Argument handling shared by every script: the config printer, YAML configs, devices."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+
+def print_arguments(args: argparse.Namespace) -> None:
+    """Print the configuration the way the original scripts did, one `key: value` per line."""
+    print("-----------  Configuration Arguments -----------")
+    for key, value in sorted(vars(args).items()):
+        print(f"{key}: {value}")
+    print("------------------------------------------------")
+
+
+def save_arguments(args: argparse.Namespace, path: str | os.PathLike) -> None:
+    """Save the configuration next to a script's outputs (atomic)."""
+    from utils.checkpoint import atomic_write_text
+
+    atomic_write_text(path, json.dumps(vars(args), indent=2, sort_keys=True, default=str) + "\n")
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse arguments, taking defaults from `--config file.yaml` when given.
+
+    Precedence: command line > YAML > built-in defaults. Unknown YAML keys are an
+    error, so a typo never silently falls back to a default.
+    """
+    pre, _ = parser.parse_known_args(argv)
+    config_path = getattr(pre, "config", None)
+    if config_path:
+        import yaml
+
+        try:
+            loaded = yaml.safe_load(Path(config_path).read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            parser.error(f"config file not found: {config_path}")
+        except yaml.YAMLError as exc:
+            parser.error(f"config file {config_path} is not valid YAML: {str(exc).splitlines()[0]}")
+        if not isinstance(loaded, dict):
+            parser.error(f"config file {config_path} must hold a mapping of option: value")
+        known = {action.dest for action in parser._actions}
+        unknown = sorted(set(loaded) - known)
+        if unknown:
+            parser.error(f"unknown key(s) in {config_path}: {', '.join(unknown)}")
+        parser.set_defaults(**loaded)
+    return parser.parse_args(argv)
+
+
+def str2bool(value: str | bool) -> bool:
+    """argparse type for true/false flags written the original way (`--augment True`)."""
+    if isinstance(value, bool):
+        return value
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "y", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "n", "off"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def resolve_device(name: str) -> "Any":
+    """`auto` picks CUDA when present, else CPU; asking for CUDA without one is a clear error."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        fail("--device cuda was requested but no CUDA GPU is available (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print a one-line error for the user and exit non-zero (no traceback)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)
