@@ -8,9 +8,9 @@ as is (no traceback).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from math import gcd
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import soundfile as sf
@@ -116,7 +116,9 @@ def _short(exc: BaseException) -> str:
 # checks
 
 
-def check_speech(wav: np.ndarray, sample_rate: int = SAMPLE_RATE, min_seconds: float = 0.3, name: str = "audio") -> None:
+def check_speech(
+    wav: np.ndarray, sample_rate: int = SAMPLE_RATE, min_seconds: float = 0.3, name: str = "audio"
+) -> None:
     """Raise AudioError when a recording is too short or silent to carry a voiceprint."""
     seconds = len(wav) / sample_rate
     if seconds < min_seconds:
@@ -146,7 +148,9 @@ def random_crop(wav: np.ndarray, num_samples: int, rng: np.random.Generator) -> 
     return crop_or_pad(wav, num_samples, int(rng.integers(0, high + 1)))
 
 
-def trim_silence(wav: np.ndarray, sample_rate: int = SAMPLE_RATE, top_db: float = 40.0, frame_ms: float = 25.0) -> np.ndarray:
+def trim_silence(
+    wav: np.ndarray, sample_rate: int = SAMPLE_RATE, top_db: float = 40.0, frame_ms: float = 25.0
+) -> np.ndarray:
     """Energy VAD: drop frames more than `top_db` below the loudest frame, keep the rest in order.
 
     Returns the input unchanged when it would remove everything (a short or

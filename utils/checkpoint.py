@@ -35,6 +35,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes 0600 files; give the file the permissions a plain open() would
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -129,7 +133,11 @@ def load_inference_model(path: str | os.PathLike, device: Any = "cpu") -> tuple[
 
     blob = load_torch_file(path)
     if not isinstance(blob, dict) or blob.get("format") != INFERENCE_FORMAT:
-        hint = " (a training checkpoint? use <save_model>/inference.pt)" if isinstance(blob, dict) and "model" in blob else ""
+        hint = (
+            " (a training checkpoint? use <save_model>/inference.pt)"
+            if isinstance(blob, dict) and "model" in blob
+            else ""
+        )
         raise CheckpointError(f"{path} is not a voiceprint inference model{hint}")
     try:
         model = build_model(**blob["model_config"])

@@ -64,7 +64,7 @@ def str2bool(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
-def resolve_device(name: str) -> "Any":
+def resolve_device(name: str) -> Any:
     """`auto` picks CUDA when present, else CPU; asking for CUDA without one is a clear error."""
     import torch
 

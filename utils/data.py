@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from utils.audio import SAMPLE_RATE, Augmenter, AudioError, audio_info, load_audio, random_crop, speed_perturb
+from utils.audio import SAMPLE_RATE, AudioError, Augmenter, audio_info, load_audio, random_crop, speed_perturb
 from utils.checkpoint import atomic_write_text
 
 
@@ -112,6 +112,18 @@ class TrainDataset(torch.utils.data.Dataset):
         self.num_samples = int(round(crop.seconds * SAMPLE_RATE))
         self.cache: dict[int, np.ndarray] | None = {} if cache_audio else None
         self._info: dict[int, tuple[int, int]] = {}
+
+    def preload(self, num_workers: int = 2, progress: bool = False) -> None:
+        """Decode every file once (in worker processes) before training forks its loader workers,
+        which then share the decoded audio copy-on-write."""
+        from tqdm import tqdm
+
+        loader = torch.utils.data.DataLoader(
+            _DecodeDataset([path for path, _ in self.items]), batch_size=None, num_workers=num_workers
+        )
+        self.cache = {}
+        for index, wav in enumerate(tqdm(loader, total=len(self.items), disable=not progress, desc="caching audio")):
+            self.cache[index] = wav.numpy()
 
     @property
     def num_classes(self) -> int:
@@ -221,3 +233,14 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return self.batches_per_rank - self.start_batch
+
+
+class _DecodeDataset(torch.utils.data.Dataset):
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(load_audio(self.paths[i]))

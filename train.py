@@ -1,0 +1,522 @@
+"""Train a speaker-embedding model (ResNet34 + ArcFace by default) on list files.
+
+Usage:
+    python train.py                                    # dataset/train_list.txt -> models/
+    python train.py --config configs/default.yaml      # YAML defaults, command line wins
+    python train.py --max_steps 20 --device cpu        # smoke run
+    python train.py --resume                           # continue a killed run exactly
+    torchrun --nproc_per_node=4 train.py ...           # DistributedDataParallel (NCCL on GPU, gloo on CPU)
+
+Outputs in --save_model: epoch_N/checkpoint.pt (full state, last 3 kept),
+last/checkpoint.pt (mid-epoch state), inference.pt (self-contained model for
+eval.py and the inference scripts, with the EER threshold of its best epoch),
+train_log.csv and train_args.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from utils.audio import AudioError, Augmenter, load_audio
+from utils.checkpoint import CheckpointError, atomic_torch_save, load_torch_file, save_inference_model
+from utils.config import fail, parse_with_config, print_arguments, resolve_device, save_arguments, str2bool
+from utils.data import CropConfig, EpochSampler, ListError, TrainDataset, num_classes_of, read_list
+from utils.features import FEATURES, FeatureConfig, FeatureExtractor, spec_augment
+from utils.heads import HEADS, build_head
+from utils.model import MODELS, POOLINGS, build_model, count_parameters
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = p.add_argument
+    add("--config", default=None, help="YAML file of option: value defaults (unknown keys are an error)")
+    # data
+    add("--train_list_path", default="dataset/train_list.txt")
+    add(
+        "--test_list_path", default="dataset/test_list.txt", help="speaker-disjoint list for per-epoch EER ('' to skip)"
+    )
+    add("--batch_size", type=int, default=64)
+    add("--num_workers", type=int, default=2)
+    add("--crop_seconds", type=float, default=2.0, help="training crop length (the original: 2.57 s = 257 frames)")
+    add("--epoch_size", type=int, default=0, help="samples per epoch (0 = number of list items)")
+    add(
+        "--balance",
+        choices=("speakers", "utterances"),
+        default="speakers",
+        help="sample speakers uniformly or utterances",
+    )
+    add("--cache_audio", type=str2bool, default=False, help="decode every file once and keep it in memory")
+    add("--eval_max_seconds", type=float, default=20.0, help="cap on each test utterance during per-epoch evaluation")
+    # augmentation
+    add("--speed_perturb", type=str2bool, default=True, help="0.9/1.1 speed copies as extra speakers")
+    add("--reverse_prob", type=float, default=0.0, help="probability of time reversal (the original used 0.5)")
+    add("--gain_db", type=float, default=6.0)
+    add("--noise_prob", type=float, default=0.5)
+    add("--noise_dir", default=None, help="folder of noise recordings (default: generated coloured noise)")
+    add("--reverb_prob", type=float, default=0.3)
+    add("--rir_dir", default=None, help="folder of room impulse responses (default: synthetic)")
+    add("--spec_augment", type=str2bool, default=True)
+    # features and model
+    add("--feature", choices=FEATURES, default="fbank")
+    add("--n_mels", type=int, default=80)
+    add("--model", choices=sorted(MODELS), default="resnet34")
+    add("--width", type=int, default=16, help="channels of the first stage (the original: 64)")
+    add("--pooling", choices=POOLINGS, default="stats")
+    add("--embedding_dim", type=int, default=256)
+    add("--dropout", type=float, default=0.0)
+    # head
+    add("--head", choices=sorted(HEADS), default="arcface")
+    add("--margin", type=float, default=0.2)
+    add("--scale", type=float, default=30.0)
+    add("--margin_warmup_epochs", type=float, default=1.0, help="grow the margin linearly from 0 over this many epochs")
+    # optimiser
+    add("--optimizer", choices=("sgd", "adamw"), default="adamw")
+    add("--learning_rate", type=float, default=2e-3)
+    add("--weight_decay", type=float, default=5e-4)
+    add("--scheduler", choices=("step", "cosine"), default="cosine")
+    add("--lr_step", type=int, default=10, help="step schedule: multiply the LR by --lr_gamma every N epochs")
+    add("--lr_gamma", type=float, default=0.1)
+    add("--warmup_epochs", type=float, default=1.0)
+    add("--num_epoch", type=int, default=30)
+    add("--max_steps", type=int, default=0, help="stop after this many optimiser steps (0 = no limit)")
+    add("--max_minutes", type=float, default=0, help="wall-clock budget: the LR schedule is fitted to it (0 = none)")
+    add("--grad_clip", type=float, default=5.0)
+    add("--amp", type=str2bool, default=False, help="mixed precision on CUDA (bf16 when supported)")
+    # run
+    add("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add("--seed", type=int, default=0)
+    add("--save_model", default="models/", help="output folder")
+    add("--save_every_steps", type=int, default=200, help="mid-epoch checkpoint period (0 = only at epoch ends)")
+    add("--keep_checkpoints", type=int, default=3)
+    add("--resume", type=str2bool, nargs="?", const=True, default=False, help="continue from the newest checkpoint")
+    add("--pretrained_model", default=None, help="initialise the backbone from an inference.pt or checkpoint")
+    add("--inference_half", type=str2bool, default=False, help="store inference.pt weights as fp16 (half the size)")
+    add("--tensorboard", type=str2bool, default=False)
+    add("--threads", type=int, default=0, help="CPU threads for torch (0 = torch default)")
+    return p
+
+
+# checkpoint helpers
+
+
+def checkpoint_paths(save_dir: Path) -> list[Path]:
+    found = [p / "checkpoint.pt" for p in save_dir.glob("epoch_*") if (p / "checkpoint.pt").is_file()]
+    if (save_dir / "last" / "checkpoint.pt").is_file():
+        found.append(save_dir / "last" / "checkpoint.pt")
+    return found
+
+
+def newest_checkpoint(save_dir: Path) -> dict | None:
+    """The loadable checkpoint with the most steps; a broken one is reported and skipped."""
+    best = None
+    for path in checkpoint_paths(save_dir):
+        try:
+            state = load_torch_file(path)
+        except CheckpointError as exc:
+            print(f"warning: skipping {exc}", file=sys.stderr)
+            continue
+        if best is None or state["global_step"] > best["global_step"]:
+            best = state
+    return best
+
+
+def prune_epochs(save_dir: Path, keep: int) -> None:
+    epochs = sorted(save_dir.glob("epoch_*"), key=lambda p: int(p.name.split("_")[1]) if p.name[6:].isdigit() else -1)
+    for old in epochs[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def append_log(path: Path, row: dict) -> None:
+    new_log = not path.exists()
+    with open(path, "a", newline="") as f:
+        out = csv.DictWriter(f, fieldnames=list(row))
+        if new_log:
+            out.writeheader()
+        out.writerow(row)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_pretrained(model: nn.Module, path: str) -> None:
+    """Copy matching backbone weights; say what was skipped (e.g. a different feature size)."""
+    blob = load_torch_file(path)
+    state = blob.get("state_dict") or blob.get("model") if isinstance(blob, dict) else None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds no model weights")
+    own = model.state_dict()
+    loaded, skipped = 0, []
+    for key, value in state.items():
+        if key in own and own[key].shape == value.shape:
+            own[key] = value.float() if value.is_floating_point() else value
+            loaded += 1
+        else:
+            skipped.append(key)
+    model.load_state_dict(own)
+    print(f"pretrained: loaded {loaded} tensors from {path}; skipped {len(skipped)}: {', '.join(skipped[:8])}")
+
+
+class TrainStep(nn.Module):
+    """Backbone + head as one module, so DDP synchronises both."""
+
+    def __init__(self, model: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.head = head
+
+    def forward(self, feats: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(self.model(feats), label)
+
+
+# evaluation
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, extractor: nn.Module, wavs: list[np.ndarray], labels: np.ndarray, device) -> dict:
+    """EER/minDCF over all pairs of the (speaker-disjoint) test list, whole utterances."""
+    from utils.metrics import all_pairs_metrics
+
+    model.eval()
+    emb = np.stack(
+        [
+            torch.nn.functional.normalize(model(extractor(torch.from_numpy(w)[None].to(device))).float(), dim=1)[0]
+            .cpu()
+            .numpy()
+            for w in wavs
+        ]
+    )
+    model.train()
+    return all_pairs_metrics(emb, labels)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_with_config(build_parser(), argv)
+
+    # distributed
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    is_main = rank == 0
+    device = resolve_device(args.device)
+    if device.type == "cuda" and world_size > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if world_size > 1:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if is_main:
+        print_arguments(args)
+    random.seed(args.seed + rank)
+    torch.manual_seed(args.seed + rank)
+    save_dir = Path(args.save_model)
+    torch.backends.cudnn.benchmark = True
+
+    # data
+    try:
+        train_items = read_list(args.train_list_path)
+        num_speakers = num_classes_of(train_items)
+        test_items = read_list(args.test_list_path) if args.test_list_path else []
+        augmenter = Augmenter(
+            gain_db=args.gain_db,
+            noise_prob=args.noise_prob,
+            noise_dir=args.noise_dir,
+            reverb_prob=args.reverb_prob,
+            rir_dir=args.rir_dir,
+        )
+    except (ListError, AudioError) as exc:
+        fail(str(exc))
+    unused = num_speakers - len({label for _, label in train_items})
+    if unused and is_main:
+        print(f"warning: {unused} of labels 0..{num_speakers - 1} have no utterance in {args.train_list_path}")
+    crop = CropConfig(seconds=args.crop_seconds, speed_perturb=args.speed_perturb, reverse_prob=args.reverse_prob)
+    dataset = TrainDataset(train_items, num_speakers, crop, augmenter, seed=args.seed, cache_audio=args.cache_audio)
+    if args.cache_audio:
+        dataset.preload(num_workers=max(args.num_workers, 1), progress=is_main)
+    sampler = EpochSampler(
+        [label for _, label in train_items],
+        args.batch_size,
+        seed=args.seed,
+        balance=args.balance,
+        epoch_size=args.epoch_size or None,
+        rank=rank,
+        world_size=world_size,
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=args.num_workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if args.num_workers > 0 else None,
+    )
+    test_wavs, test_labels = [], np.zeros(0, dtype=np.int64)
+    if is_main and test_items:
+        try:
+            test_wavs = [load_audio(path, max_seconds=args.eval_max_seconds) for path, _ in test_items]
+        except AudioError as exc:
+            fail(f"test list: {exc}")
+        test_labels = np.array([label for _, label in test_items])
+        if len(set(test_labels.tolist())) < 2:
+            fail(f"{args.test_list_path} needs at least 2 speakers for verification trials")
+
+    # model
+    feature_config = FeatureConfig(feature=args.feature, n_mels=args.n_mels)
+    extractor = FeatureExtractor(feature_config).to(device)
+    model_config = {
+        "name": args.model,
+        "feat_dim": feature_config.num_bins,
+        "embedding_dim": args.embedding_dim,
+        "width": args.width,
+        "pooling": args.pooling,
+        "dropout": args.dropout,
+    }
+    model = build_model(**model_config)
+    if args.pretrained_model and not args.resume:
+        try:
+            load_pretrained(model, args.pretrained_model)
+        except CheckpointError as exc:
+            fail(str(exc))
+
+    # head
+    head = build_head(args.head, args.embedding_dim, dataset.num_classes, margin=args.margin, scale=args.scale)
+    step_module = TrainStep(model, head).to(device)
+    if is_main:
+        print(
+            f"model {args.model} width {args.width} ({count_parameters(model) / 1e6:.2f} M parameters), "
+            f"{args.feature} {feature_config.num_bins} bins, head {args.head} over {dataset.num_classes} classes, "
+            f"{len(train_items)} training files, device {device}, {world_size} process(es)"
+        )
+
+    # optimiser
+    if args.optimizer == "sgd":
+        optimizer = torch.optim.SGD(
+            step_module.parameters(), lr=args.learning_rate, momentum=0.9, weight_decay=args.weight_decay, nesterov=True
+        )
+    else:
+        optimizer = torch.optim.AdamW(step_module.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    steps_per_epoch = sampler.batches_per_rank
+    total_steps = args.num_epoch * steps_per_epoch
+    if args.max_steps:
+        total_steps = min(total_steps, args.max_steps)
+    warmup_steps = int(args.warmup_epochs * steps_per_epoch)
+
+    def lr_factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if args.scheduler == "step":
+            return args.lr_gamma ** (step // (args.lr_step * steps_per_epoch))
+        progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+        if args.max_minutes:  # a time budget: decay by whichever runs out first, steps or time
+            progress = max(progress, (time.time() - run_started) / (args.max_minutes * 60))
+        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    amp_dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+    use_amp = args.amp and device.type == "cuda"
+    if args.amp and not use_amp and is_main:
+        print("warning: --amp applies to CUDA only; training in fp32 on CPU")
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    # resume
+    epoch, step_in_epoch, global_step, state_elapsed = 0, 0, 0, 0.0
+    best = {"eer": None, "epoch": None, "threshold": None, "min_dcf": None}
+    if args.resume:
+        state = newest_checkpoint(save_dir)
+        if state is None:
+            if is_main:
+                print(f"--resume: no checkpoint in {save_dir}, starting from scratch")
+        else:
+            if state["model_config"] != model_config or state["feature_config"] != feature_config.to_dict():
+                fail(f"checkpoint in {save_dir} was trained with another model or feature config")
+            step_module.model.load_state_dict(state["model"])
+            step_module.head.load_state_dict(state["head"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"])
+            epoch, step_in_epoch, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+            best = state["best"]
+            state_elapsed = float(state.get("elapsed", 0.0))
+            if is_main:
+                print(f"resumed from step {global_step} (epoch {epoch}, batch {step_in_epoch})")
+    if world_size > 1:
+        step_module = nn.parallel.DistributedDataParallel(
+            step_module, device_ids=[local_rank] if device.type == "cuda" else None
+        )
+    train_module = step_module.module if world_size > 1 else step_module
+
+    def save_state(path: Path, epoch_: int, step_in_epoch_: int) -> None:
+        atomic_torch_save(
+            {
+                "model": train_module.model.state_dict(),
+                "head": train_module.head.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": rng_state(),
+                "epoch": epoch_,
+                "step_in_epoch": step_in_epoch_,
+                "global_step": global_step,
+                "best": best,
+                "elapsed": time.time() - run_started,
+                "model_config": model_config,
+                "feature_config": feature_config.to_dict(),
+                "config": {k: v for k, v in vars(args).items() if v is None or isinstance(v, (str, int, float, bool))},
+            },
+            path,
+        )
+
+    if is_main:
+        save_dir.mkdir(parents=True, exist_ok=True)
+        save_arguments(args, save_dir / "train_args.json")
+    log_path = save_dir / "train_log.csv"
+    writer = None
+    if args.tensorboard and is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(save_dir / "tensorboard"))
+
+    # loop
+    from tqdm import tqdm
+
+    run_started = time.time() - (state_elapsed if args.resume else 0.0)
+    stop = bool(args.max_steps) and global_step >= args.max_steps
+    margin_warmup = max(args.margin_warmup_epochs * steps_per_epoch, 1)
+    step_module.train()
+    while epoch < args.num_epoch and not stop:
+        sampler.set_epoch(epoch, step_in_epoch)
+        dataset.set_epoch(epoch)
+        started = time.time()
+        sum_loss = sum_acc = 0.0
+        count = 0
+        bar = tqdm(loader, total=len(sampler), disable=not is_main, desc=f"epoch {epoch}", dynamic_ncols=True)
+        for wav, label in bar:
+            if hasattr(train_module.head, "set_margin_fraction"):
+                train_module.head.set_margin_fraction(global_step / margin_warmup)
+            wav, label = wav.to(device, non_blocking=True), label.to(device, non_blocking=True)
+            feats = extractor(wav)
+            if args.spec_augment:
+                generator = torch.Generator().manual_seed(args.seed * 1_000_003 + global_step * 31 + rank)
+                feats = spec_augment(feats, generator)
+            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
+                loss, acc = step_module(feats, label)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(step_module.parameters(), args.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            global_step += 1
+            step_in_epoch += 1
+            sum_loss += loss.detach()  # summed on the device: no GPU sync per step
+            sum_acc += acc.detach()
+            count += 1
+            if is_main and (count % 10 == 0 or count == 1):
+                bar.set_postfix(
+                    loss=f"{float(sum_loss) / count:.3f}",
+                    acc=f"{float(sum_acc) / count:.3f}",
+                    lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                )
+                if args.save_every_steps and global_step % args.save_every_steps == 0:
+                    save_state(save_dir / "last" / "checkpoint.pt", epoch, step_in_epoch)
+            if args.max_steps and global_step >= args.max_steps:
+                stop = True
+            if args.max_minutes:
+                out_of_time = torch.tensor(float(time.time() - run_started >= args.max_minutes * 60))
+                if world_size > 1:  # every rank must stop at the same step
+                    dist.all_reduce(out_of_time, op=dist.ReduceOp.MAX)
+                stop = stop or bool(out_of_time)
+            if stop:
+                break
+        bar.close()
+        epoch_done = step_in_epoch >= steps_per_epoch
+        if epoch_done:
+            epoch += 1
+            step_in_epoch = 0
+
+        # evaluate and save (rank 0); a run stopped mid-epoch is evaluated too and stays resumable
+        if is_main:
+            row = {
+                "epoch": epoch - 1 if epoch_done else epoch,
+                "global_step": global_step,
+                "loss": round(float(sum_loss) / max(count, 1), 5),
+                "accuracy": round(float(sum_acc) / max(count, 1), 5),
+                "lr": scheduler.get_last_lr()[0],
+                "seconds": round(time.time() - started, 1),
+                "eer": "",
+                "min_dcf": "",
+            }
+            improved = not test_wavs
+            summary = f"epoch {row['epoch']}: loss {row['loss']:.4f} acc {row['accuracy']:.4f}"
+            if test_wavs:
+                metrics = evaluate(train_module.model, extractor, test_wavs, test_labels, device)
+                row["eer"], row["min_dcf"] = round(metrics["eer"], 5), round(metrics["min_dcf"], 5)
+                improved = best["eer"] is None or metrics["eer"] <= best["eer"]
+                if improved:
+                    best = {"eer": metrics["eer"], "epoch": row["epoch"], "threshold": metrics["threshold"],
+                            "min_dcf": metrics["min_dcf"]}  # fmt: skip
+                summary += (
+                    f" | test EER {metrics['eer']:.2%} minDCF(0.01) {metrics['min_dcf']:.4f}"
+                    f" threshold {metrics['threshold']:.3f}{' (best)' if improved else ''}"
+                )
+            print(f"{summary} | {row['seconds']} s")
+            append_log(log_path, row)
+            if writer is not None:
+                for key in ("loss", "accuracy", "lr"):
+                    writer.add_scalar(f"train/{key}", row[key], global_step)
+                if row["eer"] != "":
+                    writer.add_scalar("test/eer", row["eer"], global_step)
+                    writer.add_scalar("test/min_dcf", row["min_dcf"], global_step)
+            if epoch_done:
+                save_state(save_dir / f"epoch_{epoch}" / "checkpoint.pt", epoch, 0)
+                prune_epochs(save_dir, args.keep_checkpoints)
+            else:
+                save_state(save_dir / "last" / "checkpoint.pt", epoch, step_in_epoch)
+            if improved:
+                meta = {"epoch": row["epoch"], "global_step": global_step, "eer": best["eer"],
+                        "min_dcf": best["min_dcf"], "train_list": args.train_list_path,
+                        "test_list": args.test_list_path}  # fmt: skip
+                save_inference_model(
+                    save_dir / "inference.pt", train_module.model, model_config, feature_config.to_dict(),
+                    best["threshold"], meta, half=args.inference_half,
+                )  # fmt: skip
+        if world_size > 1:
+            dist.barrier()
+
+    if is_main:
+        print(f"done: {global_step} steps; inference model at {save_dir / 'inference.pt'}")
+        if best["eer"] is not None:
+            print(f"best test EER {best['eer']:.2%} at epoch {best['epoch']} (threshold {best['threshold']:.3f})")
+    if writer is not None:
+        writer.close()
+    if world_size > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

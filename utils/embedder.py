@@ -1,0 +1,179 @@
+"""File or array -> L2-normalised speaker embedding, from one self-contained model file.
+
+    from utils.embedder import Embedder
+    embedder = Embedder("models/voiceprint_resnet34.pt")
+    a = embedder.embed_file("audio/a_1.wav")
+    b = embedder.embed_file("audio/a_2.wav")
+    score = float(a @ b)   # cosine similarity; same speaker when >= embedder.threshold
+
+The whole recording is used (the original only looked at its first 2.6 s).
+Recordings longer than `segment_seconds` are read and embedded segment by
+segment and averaged, so memory stays bounded for hour-long files.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from utils.audio import SAMPLE_RATE, AudioError, audio_info, check_speech, load_audio, resample, to_mono
+from utils.checkpoint import load_inference_model
+from utils.features import FeatureConfig, FeatureExtractor
+
+MIN_SECONDS = 0.3
+
+
+class Embedder:
+    """Loads an inference model once; embeds files and arrays on CPU or GPU."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        device: str | torch.device = "auto",
+        segment_seconds: float = 30.0,
+        vad: bool = False,
+    ) -> None:
+        if isinstance(device, str):
+            from utils.config import resolve_device
+
+            device = resolve_device(device)
+        self.device = device
+        self.model_path = str(model_path)
+        self.model, info = load_inference_model(model_path, device)
+        self.feature_config = FeatureConfig.from_dict(info["feature_config"])
+        self.extractor = FeatureExtractor(self.feature_config).to(device)
+        self.threshold: float | None = info["threshold"]
+        self.info = info
+        self.segment_seconds = segment_seconds
+        self.vad = vad
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.info["model_config"].get("embedding_dim", 512))
+
+    @torch.inference_mode()
+    def embed_waveforms(self, wavs: Sequence[np.ndarray]) -> np.ndarray:
+        """Embed 16 kHz mono waveforms; equal lengths are batched, others run one by one."""
+        out = np.zeros((len(wavs), self.embedding_dim), dtype=np.float32)
+        lengths = [len(w) for w in wavs]
+        if len(set(lengths)) == 1 and wavs:
+            batch = torch.from_numpy(np.stack(wavs)).to(self.device)
+            out[:] = self._forward(batch).cpu().numpy()
+            return out
+        for i, wav in enumerate(wavs):
+            out[i] = self._forward(torch.from_numpy(np.ascontiguousarray(wav))[None].to(self.device))[0].cpu().numpy()
+        return out
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        emb = self.model(self.extractor(batch)).float()
+        return torch.nn.functional.normalize(emb, dim=1)
+
+    def embed_array(self, wav: np.ndarray, sample_rate: int = SAMPLE_RATE, name: str = "audio") -> np.ndarray:
+        """Embed an in-memory recording of any rate and channel layout."""
+        wav = to_mono(wav)
+        if not np.isfinite(wav).all():
+            raise AudioError(f"{name} contains NaN or infinite samples")
+        wav = resample(wav, sample_rate, SAMPLE_RATE)
+        check_speech(wav, SAMPLE_RATE, MIN_SECONDS, name)
+        return self._embed_long(wav)
+
+    def _embed_long(self, wav: np.ndarray) -> np.ndarray:
+        segment = int(self.segment_seconds * SAMPLE_RATE)
+        if len(wav) <= segment * 1.5:
+            return self.embed_waveforms([wav])[0]
+        pieces = [wav[i : i + segment] for i in range(0, len(wav), segment)]
+        if len(pieces[-1]) < segment // 2:  # a short tail would get a full vote: merge it
+            pieces[-2] = np.concatenate([pieces[-2], pieces.pop()])
+        return self._average([self.embed_waveforms([p])[0] for p in pieces], [len(p) for p in pieces])
+
+    @staticmethod
+    def _average(embeddings: list[np.ndarray], weights: list[int]) -> np.ndarray:
+        mean = np.average(np.stack(embeddings), axis=0, weights=np.asarray(weights, dtype=np.float64))
+        return (mean / (np.linalg.norm(mean) + 1e-12)).astype(np.float32)
+
+    def embed_file(self, path: str | os.PathLike) -> np.ndarray:
+        """Embed a WAV/FLAC/OGG/MP3 file; long files are streamed in segments."""
+        frames, rate = audio_info(path)
+        seconds = frames / rate if rate else 0.0
+        if self.vad or seconds <= self.segment_seconds * 1.5:
+            wav = load_audio(path, vad=self.vad)
+            check_speech(wav, SAMPLE_RATE, MIN_SECONDS, str(path))
+            return self._embed_long(wav)
+        embeddings, weights = [], []
+        start = 0.0
+        while start < seconds:
+            length = self.segment_seconds if seconds - start >= self.segment_seconds * 1.5 else seconds - start
+            wav = load_audio(path, start_seconds=start, max_seconds=length)
+            if start == 0.0:
+                check_speech(wav, SAMPLE_RATE, MIN_SECONDS, str(path))
+            if len(wav) >= MIN_SECONDS * SAMPLE_RATE and np.max(np.abs(wav)) > 1e-4:
+                embeddings.append(self.embed_waveforms([wav])[0])
+                weights.append(len(wav))
+            start += length
+        return self._average(embeddings, weights)
+
+    def embed_files(
+        self,
+        paths: Sequence[str | os.PathLike],
+        num_workers: int = 0,
+        progress: bool = False,
+        skip_errors: bool = False,
+    ) -> tuple[np.ndarray, list[str | None]]:
+        """Embed many files; worker processes decode audio while this process runs the model.
+
+        Returns (embeddings (N, D), errors) where errors[i] is None or the reason
+        file i failed (its row is then zeros). Without `skip_errors` the first
+        failure raises AudioError.
+        """
+        from tqdm import tqdm
+
+        out = np.zeros((len(paths), self.embedding_dim), dtype=np.float32)
+        errors: list[str | None] = [None] * len(paths)
+        loader = torch.utils.data.DataLoader(
+            _FileDataset([str(p) for p in paths], self.segment_seconds, self.vad),
+            batch_size=None,
+            num_workers=num_workers,
+        )
+        for i, (wav, error) in enumerate(tqdm(loader, total=len(paths), disable=not progress, desc="embedding")):
+            if error is None:
+                try:
+                    out[i] = self._embed_long(wav.numpy())
+                except AudioError as exc:
+                    error = str(exc)
+            if error is not None:
+                if not skip_errors:
+                    raise AudioError(error)
+                errors[i] = error
+        return out, errors
+
+
+class _FileDataset(torch.utils.data.Dataset):
+    """Decodes one file per item in a worker; errors travel back as strings, not exceptions."""
+
+    def __init__(self, paths: list[str], segment_seconds: float, vad: bool) -> None:
+        self.paths = paths
+        self.vad = vad
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str | None]:
+        try:
+            wav = load_audio(self.paths[i], vad=self.vad)
+            check_speech(wav, SAMPLE_RATE, MIN_SECONDS, self.paths[i])
+            return torch.from_numpy(wav), None
+        except AudioError as exc:
+            return torch.zeros(0), str(exc)
+
+
+def cosine_score(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two embeddings (they are unit-length already, but be safe)."""
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+
+
+def is_model_file(path: str | os.PathLike) -> bool:
+    return Path(path).is_file()

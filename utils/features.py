@@ -1,0 +1,126 @@
+"""Features: the ONLY feature code, shared by training, evaluation and inference.
+
+`FeatureExtractor` turns a batch of 16 kHz waveforms (B, N) into (B, F, T):
+- `spectrogram`: the original design's STFT magnitude (n_fft 512, window 400,
+  hop 160, 257 bins), normalised per frame over frequency (mean/std), exactly
+  as the original's librosa code did;
+- `fbank`: 80 log-Mel energies from the same STFT, mean-normalised over time.
+
+It is a torch module, so it runs batched on the GPU during training and is
+saved (as its config) inside every inference model: inference computes exactly
+the training features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+FEATURES = ("spectrogram", "fbank")
+
+
+@dataclass
+class FeatureConfig:
+    feature: str = "fbank"
+    sample_rate: int = 16000
+    n_fft: int = 512
+    win_length: int = 400
+    hop_length: int = 160
+    n_mels: int = 80
+
+    def __post_init__(self) -> None:
+        if self.feature not in FEATURES:
+            raise ValueError(f"unknown feature {self.feature!r}; choose from {', '.join(FEATURES)}")
+
+    @property
+    def num_bins(self) -> int:
+        """F, the feature dimension the backbone sees."""
+        return self.n_fft // 2 + 1 if self.feature == "spectrogram" else self.n_mels
+
+    def num_frames(self, num_samples: int) -> int:
+        """T for a waveform of `num_samples` (centred STFT)."""
+        return num_samples // self.hop_length + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class FeatureExtractor(nn.Module):
+    """(B, N) float waveforms -> (B, F, T) features, computed in float32 even under autocast."""
+
+    def __init__(self, config: FeatureConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.register_buffer("window", torch.hann_window(config.win_length), persistent=False)
+        if config.feature == "fbank":
+            import librosa  # mel filters only; imported lazily because librosa is slow to import
+
+            mel = librosa.filters.mel(
+                sr=config.sample_rate, n_fft=config.n_fft, n_mels=config.n_mels, fmin=20.0, fmax=config.sample_rate / 2
+            )
+            self.register_buffer("mel_filters", torch.from_numpy(mel).float(), persistent=False)
+        else:
+            self.mel_filters = None
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        if wav.dim() == 1:
+            wav = wav.unsqueeze(0)
+        with torch.autocast(device_type=wav.device.type, enabled=False):
+            return self._compute(wav.float())
+
+    def _compute(self, wav: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        spec = torch.stft(
+            wav,
+            n_fft=c.n_fft,
+            hop_length=c.hop_length,
+            win_length=c.win_length,
+            window=self.window,
+            center=True,
+            pad_mode="constant",  # librosa >= 0.10's default, so the original's features are reproduced
+            return_complex=True,
+        )
+        if c.feature == "spectrogram":
+            mag = spec.abs()  # (B, 257, T)
+            mean = mag.mean(dim=1, keepdim=True)
+            std = mag.std(dim=1, keepdim=True, unbiased=False)
+            return (mag - mean) / (std + 1e-5)
+        power = spec.real.square() + spec.imag.square()
+        mel = torch.matmul(self.mel_filters, power)  # (B, n_mels, T)
+        logmel = torch.log(mel + 1e-6)
+        return logmel - logmel.mean(dim=2, keepdim=True)
+
+
+def spec_augment(
+    feats: torch.Tensor,
+    generator: torch.Generator | None = None,
+    freq_masks: int = 1,
+    freq_width: int = 8,
+    time_masks: int = 1,
+    time_width: int = 10,
+) -> torch.Tensor:
+    """SpecAugment: zero random frequency bands and time spans of each (B, F, T) example.
+
+    Vectorised over the batch (no Python loop per example), so it is free on GPU.
+    """
+    batch, num_bins, num_frames = feats.shape
+    device = feats.device
+    keep = torch.ones_like(feats, dtype=torch.bool)
+    for axis, count, width, size in ((1, freq_masks, freq_width, num_bins), (2, time_masks, time_width, num_frames)):
+        positions = torch.arange(size, device=device)
+        for _ in range(count):
+            # drawn on the CPU generator so a seeded run is reproducible on any device
+            w = (torch.rand(batch, generator=generator) * (min(width, size) + 1)).long()
+            start = (torch.rand(batch, generator=generator) * (size - w + 1)).long()
+            w, start = w.to(device), start.to(device)
+            band = (positions[None, :] >= start[:, None]) & (positions[None, :] < (start + w)[:, None])
+            keep &= ~(band[:, :, None] if axis == 1 else band[:, None, :])
+    return feats * keep

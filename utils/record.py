@@ -1,0 +1,187 @@
+"""Microphone recording with PyAudio, for the interactive modes of the inference scripts.
+
+Import this module lazily (inside the function that records): PyAudio and a
+sound server are optional, and everything else in the toolkit works on files.
+Every failure (PyAudio missing, no input device, a device that cannot be opened
+or delivers nothing) is a `MicrophoneError` with a one-line message that points
+the user to file mode.
+
+PortAudio probes every ALSA and JACK device when it starts and the C libraries
+print what they do not find ("ALSA lib confmisc.c ... cannot find card '0'",
+"jack server is not running") straight to file descriptor 2. That is noise for
+the user, so fd 2 goes to /dev/null around start-up, probing, opening and
+closing. (This is process-wide: another thread writing to stderr in those
+milliseconds is silenced too.)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+FILE_MODE_HINT = "use --register NAME --audio_path FILE or --recognize FILE instead"
+NO_DEVICE_MESSAGE = f"no microphone found (no audio input device); {FILE_MODE_HINT}"
+FRAMES_PER_BUFFER = 1024
+STALL_SECONDS = 5.0  # a device that delivers nothing for this long past the expected end is broken
+
+
+class MicrophoneError(RuntimeError):
+    """Recording is impossible here; the message is one line for the user."""
+
+
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Point fd 2 at /dev/null (C-level ALSA/JACK chatter), then restore it, even on errors."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (closed, or stderr replaced): nothing to hide
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _import_pyaudio() -> Any:
+    try:
+        import pyaudio
+    except ImportError:
+        raise MicrophoneError(
+            f"PyAudio is not installed (pip install PyAudio, needs apt portaudio19-dev); {FILE_MODE_HINT}"
+        ) from None
+    return pyaudio
+
+
+def _open_pyaudio(pyaudio: Any) -> Any:
+    try:
+        with _quiet_stderr():
+            return pyaudio.PyAudio()
+    except OSError as exc:  # Pa_Initialize failed: no usable host audio system at all
+        raise MicrophoneError(f"cannot start the audio system ({_short(exc)}); {FILE_MODE_HINT}") from None
+
+
+def _default_input(pa: Any) -> dict[str, Any] | None:
+    """PortAudio's default input device, or None when there is none."""
+    try:
+        with _quiet_stderr():
+            info = pa.get_default_input_device_info()
+    except (OSError, ValueError):
+        return None
+    return info if int(info.get("maxInputChannels", 0)) > 0 else None
+
+
+def _terminate(pa: Any) -> None:
+    with _quiet_stderr():
+        pa.terminate()
+
+
+def _short(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[-1] if lines else type(exc).__name__
+
+
+def has_input_device() -> bool:
+    """True when PyAudio is installed and there is a default input device."""
+    try:
+        pyaudio = _import_pyaudio()
+        pa = _open_pyaudio(pyaudio)
+    except MicrophoneError:
+        return False
+    try:
+        return _default_input(pa) is not None
+    finally:
+        _terminate(pa)
+
+
+def record(seconds: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Record `seconds` from the default input device; float32 mono in [-1, 1] at `sample_rate`.
+
+    Asks the device for `sample_rate` mono first; a device that only offers its own
+    rate or stereo is recorded that way and converted here.
+    """
+    if not seconds > 0:
+        raise MicrophoneError(f"recording length must be positive, got {seconds} s")
+    pyaudio = _import_pyaudio()
+    pa = _open_pyaudio(pyaudio)
+    try:
+        info = _default_input(pa)
+        if info is None:
+            raise MicrophoneError(NO_DEVICE_MESSAGE)
+        return _record_from(pa, pyaudio, info, float(seconds), int(sample_rate))
+    finally:
+        _terminate(pa)
+
+
+def _record_from(pa: Any, pyaudio: Any, info: dict[str, Any], seconds: float, sample_rate: int) -> np.ndarray:
+    device_rate = int(round(float(info.get("defaultSampleRate") or sample_rate)))
+    device_channels = max(1, min(int(info["maxInputChannels"]), 2))
+    candidates = list(dict.fromkeys([(sample_rate, 1), (device_rate, 1), (device_rate, device_channels)]))
+
+    chunks: list[bytes] = []
+    done = threading.Event()
+    state = {"frames": 0, "needed": 0}
+
+    def callback(in_data: bytes | None, frame_count: int, time_info: Any, status: int) -> tuple[None, int]:
+        if in_data:
+            chunks.append(in_data)
+        state["frames"] += frame_count
+        if state["frames"] >= state["needed"]:
+            done.set()
+            return None, pyaudio.paComplete
+        return None, pyaudio.paContinue
+
+    stream = None
+    last_error: BaseException | None = None
+    for rate, channels in candidates:
+        state["needed"] = int(round(seconds * rate))
+        try:
+            with _quiet_stderr():
+                stream = pa.open(
+                    format=pyaudio.paInt16,
+                    channels=channels,
+                    rate=rate,
+                    input=True,
+                    input_device_index=int(info["index"]),
+                    frames_per_buffer=FRAMES_PER_BUFFER,
+                    stream_callback=callback,
+                )
+            break
+        except (OSError, ValueError) as exc:  # this rate/channel count is not offered: try the next
+            last_error = exc
+    if stream is None:
+        name = info.get("name", "default")
+        raise MicrophoneError(f"cannot open microphone '{name}' ({_short(last_error)}); {FILE_MODE_HINT}")
+
+    try:
+        stream.start_stream()
+        if not done.wait(seconds + STALL_SECONDS):
+            raise MicrophoneError(f"the microphone delivered no audio for {seconds:g} s; {FILE_MODE_HINT}")
+    finally:
+        with _quiet_stderr():
+            try:
+                stream.stop_stream()
+            except OSError:
+                pass  # already stopped by paComplete
+            stream.close()
+
+    pcm = np.frombuffer(b"".join(chunks), dtype="<i2")
+    pcm = pcm[: len(pcm) // channels * channels].reshape(-1, channels)
+    wav = (pcm.astype(np.float32) / 32768.0).mean(axis=1)[: state["needed"]]
+    if rate != sample_rate:
+        from utils.audio import resample
+
+        wav = resample(wav, rate, sample_rate)
+    return np.ascontiguousarray(np.clip(wav, -1.0, 1.0), dtype=np.float32)
