@@ -201,6 +201,8 @@ def evaluate(model: nn.Module, extractor: nn.Module, wavs: list[np.ndarray], lab
     from utils.metrics import all_pairs_metrics
 
     model.eval()
+    # every utterance has its own length: cuDNN autotuning per shape would cost minutes
+    benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
     emb = np.stack(
         [
             torch.nn.functional.normalize(model(extractor(torch.from_numpy(w)[None].to(device))).float(), dim=1)[0]
@@ -209,6 +211,7 @@ def evaluate(model: nn.Module, extractor: nn.Module, wavs: list[np.ndarray], lab
             for w in wavs
         ]
     )
+    torch.backends.cudnn.benchmark = benchmark
     model.train()
     return all_pairs_metrics(emb, labels)
 
