@@ -1,0 +1,136 @@
+"""Audio loading, resampling, cropping, VAD and augmentation, on real speech and synthetic signals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from utils.audio import (
+    AudioError,
+    Augmenter,
+    audio_info,
+    crop_or_pad,
+    load_audio,
+    random_crop,
+    resample,
+    speed_perturb,
+    trim_silence,
+)
+
+
+def tone(seconds: float, rate: int, freq: float = 440.0) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+@pytest.mark.parametrize("fmt,subtype", [("WAV", "PCM_16"), ("WAV", "PCM_24"), ("WAV", "FLOAT"), ("WAV", "PCM_U8"),
+                                         ("FLAC", "PCM_16"), ("OGG", "VORBIS"), ("MP3", "MPEG_LAYER_III")])  # fmt: skip
+def test_formats_rates_and_channels(tmp_path: Path, fmt: str, subtype: str):
+    rate = 44100
+    stereo = np.stack([tone(1.0, rate), tone(1.0, rate)], axis=1)
+    path = tmp_path / f"x.{fmt.lower()}"
+    sf.write(path, stereo, rate, format=fmt, subtype=subtype)
+    wav = load_audio(path)
+    assert wav.dtype == np.float32 and wav.ndim == 1
+    assert abs(len(wav) - 16000) < 1200  # MP3/OGG add a little padding
+    spectrum = np.abs(np.fft.rfft(wav[2000:14000]))
+    peak_hz = np.argmax(spectrum) * 16000 / 12000
+    assert abs(peak_hz - 440) < 5
+
+
+def test_real_speech_every_shared_format(shared_data: Path):
+    flac = next((shared_data / "librispeech" / "train-clean-100").glob("*.flac"))
+    mp3 = next((shared_data / "librispeech" / "dev-clean").rglob("*.mp3"))
+    digits = next((shared_data / "fsdd").glob("*.wav"))
+    for path in (flac, mp3, digits):
+        wav = load_audio(path)
+        frames, rate = audio_info(path)
+        assert abs(len(wav) - frames * 16000 / rate) <= 2
+        assert 0.01 < np.abs(wav).max() <= 1.0
+
+
+def test_window_read_matches_full_read(shared_data: Path):
+    flac = sorted((shared_data / "librispeech" / "train-clean-100").glob("*.flac"))[0]
+    full = load_audio(flac)
+    part = load_audio(flac, start_seconds=2.0, max_seconds=1.5)
+    np.testing.assert_allclose(part, full[32000 : 32000 + 24000], atol=1e-6)
+
+
+def test_six_channels_are_downmixed(tmp_path: Path):
+    data = np.tile(tone(0.5, 16000)[:, None], (1, 6))
+    sf.write(tmp_path / "six.wav", data, 16000)
+    np.testing.assert_allclose(load_audio(tmp_path / "six.wav"), data[:, 0], atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda p: None, "not found"),
+        (lambda p: p.mkdir(), "directory"),
+        (lambda p: p.write_bytes(b""), "empty"),
+        (lambda p: p.write_bytes(np.random.default_rng(0).bytes(2000)), "cannot decode"),
+    ],
+)
+def test_bad_files_raise_one_line_errors(tmp_path: Path, make, message: str):
+    path = tmp_path / "bad.wav"
+    make(path)
+    with pytest.raises(AudioError, match=message) as info:
+        load_audio(path)
+    assert "\n" not in str(info.value)
+
+
+def test_non_finite_samples_are_refused(tmp_path: Path):
+    data = tone(0.5, 16000)
+    data[100] = np.nan
+    sf.write(tmp_path / "nan.wav", data, 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match="NaN"):
+        load_audio(tmp_path / "nan.wav")
+
+
+def test_resample_preserves_duration_and_pitch():
+    out = resample(tone(1.0, 8000, 300.0), 8000, 16000)
+    assert len(out) == 16000
+    assert abs(np.argmax(np.abs(np.fft.rfft(out))) - 300) <= 1
+
+
+def test_crop_tiles_short_recordings_and_is_random():
+    short = np.arange(10, dtype=np.float32)
+    np.testing.assert_array_equal(crop_or_pad(short, 25)[:20], np.tile(short, 2))
+    long = np.arange(1000, dtype=np.float32)
+    starts = {random_crop(long, 100, np.random.default_rng(s))[0] for s in range(20)}
+    assert len(starts) > 10
+
+
+def test_trim_silence_removes_leading_and_trailing_silence():
+    speech = tone(1.0, 16000)
+    wav = np.concatenate([np.zeros(16000, np.float32), speech, np.zeros(8000, np.float32)])
+    trimmed = trim_silence(wav)
+    assert 15000 < len(trimmed) <= 16400
+    assert trim_silence(np.zeros(16000, np.float32)).shape == (16000,)  # nothing to keep: unchanged
+
+
+def test_speed_perturb_changes_length():
+    wav = tone(1.0, 16000)
+    assert abs(len(speed_perturb(wav, 0.9)) - 16000 / 0.9) < 3
+    assert abs(len(speed_perturb(wav, 1.1)) - 16000 / 1.1) < 3
+
+
+def test_augmenter_is_deterministic_and_keeps_length(tmp_path: Path):
+    noise_dir = tmp_path / "noise"
+    noise_dir.mkdir()
+    sf.write(noise_dir / "n.wav", np.random.default_rng(0).standard_normal(8000).astype(np.float32) * 0.1, 16000)
+    augmenter = Augmenter(noise_prob=1.0, reverb_prob=1.0, noise_dir=str(noise_dir), snr_range=(5, 5))
+    wav = tone(1.0, 16000)
+    a = augmenter(wav, np.random.default_rng(7))
+    b = augmenter(wav, np.random.default_rng(7))
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == wav.shape and np.isfinite(a).all()
+    assert not np.allclose(a, wav)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AudioError, match="no audio files"):
+        Augmenter(rir_dir=str(tmp_path / "empty"))
+    with pytest.raises(AudioError, match="not a directory"):
+        Augmenter(noise_dir=str(tmp_path / "missing"))

@@ -1,0 +1,114 @@
+"""train.py end to end, as a user runs it: real speech, subprocesses, kills and resumes, torchrun."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from utils.checkpoint import load_inference_model, load_torch_file
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--model", "resnet18", "--width", "8", "--embedding_dim", "32", "--crop_seconds", "1.0", "--batch_size", "4",
+        "--num_workers", "0", "--device", "cpu", "--threads", "1"]  # fmt: skip
+
+
+def run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def lists(shared_data: Path, tmp_path_factory) -> Path:
+    """create_data.py over a small folder of real dev-clean speech: 4 train speakers, 2 test speakers."""
+    corpus = tmp_path_factory.mktemp("corpus")
+    for speaker in ("84", "174", "251", "422", "777", "1272"):
+        files = sorted((shared_data / "librispeech" / "dev-clean" / speaker).rglob("*.mp3"))[:4]
+        (corpus / speaker).mkdir()
+        for f in files:
+            (corpus / speaker / f.name).symlink_to(f)
+    out = tmp_path_factory.mktemp("lists")
+    result = run(["create_data.py", "--dataset_dir", str(corpus), "--dataset_format", "folder", "--list_dir", str(out),
+                  "--test_speaker_ids", "777", "1272", "--num_workers", "1"])  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_create_data_then_train_then_inference_model(lists: Path, tmp_path: Path):
+    save = tmp_path / "model"
+    result = run(["train.py", "--train_list_path", str(lists / "train_list.txt"), "--test_list_path",
+                  str(lists / "test_list.txt"), "--save_model", str(save), "--epoch_size", "8", "--num_epoch", "2",
+                  "--eval_max_seconds", "4", *TINY])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "test EER" in result.stdout and "done: 4 steps" in result.stdout
+    model, info = load_inference_model(save / "inference.pt")
+    assert info["model_config"]["name"] == "resnet18"
+    assert info["feature_config"]["feature"] == "fbank"
+    assert info["threshold"] is not None and -1.0 <= info["threshold"] <= 1.0
+    assert (save / "epoch_2" / "checkpoint.pt").is_file() and (save / "train_log.csv").is_file()
+    assert (save / "train_args.json").is_file()
+    # 16 speakers' worth of classes: 4 speakers x 3 speed copies
+    state = load_torch_file(save / "epoch_2" / "checkpoint.pt")
+    assert state["head"]["weight"].shape[0] == 12
+
+
+def test_killed_run_resumes_to_the_same_result(lists: Path, tmp_path: Path):
+    """SIGKILL at random moments, then --resume: same step count and the same weights as an unbroken run."""
+    common = ["train.py", "--train_list_path", str(lists / "train_list.txt"), "--test_list_path", "",
+              "--epoch_size", "24", "--num_epoch", "2", "--save_every_steps", "1", "--keep_checkpoints", "1", *TINY]  # fmt: skip
+    reference = run([*common, "--save_model", str(tmp_path / "reference")])
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    assert "done: 12 steps" in reference.stdout
+
+    save = tmp_path / "killed"
+    rng = random.Random(1)
+    kills = 0
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, *common, "--save_model", str(save), "--resume"], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        time.sleep(rng.uniform(4.0, 7.0))
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        # whatever moment the kill hit, every checkpoint on disk is complete and loadable
+        for path in save.rglob("checkpoint.pt"):
+            load_torch_file(path)
+        assert not list(save.rglob("*.tmp"))
+    assert kills >= 1
+    final = run([*common, "--save_model", str(save), "--resume"])
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert "done: 12 steps" in final.stdout
+    a = load_torch_file(tmp_path / "reference" / "epoch_2" / "checkpoint.pt")["model"]
+    b = load_torch_file(save / "epoch_2" / "checkpoint.pt")["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-3, msg=f"{key} differs after resume")
+
+
+def test_torchrun_two_processes(lists: Path, tmp_path: Path):
+    result = run(["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(29500 + os.getpid() % 500),
+                  "train.py", "--train_list_path", str(lists / "train_list.txt"), "--test_list_path", "",
+                  "--save_model", str(tmp_path / "ddp"), "--max_steps", "5", "--epoch_size", "64", *TINY])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es)" in result.stdout and "done: 5 steps" in result.stdout
+    assert (tmp_path / "ddp" / "inference.pt").is_file()
+
+
+def test_bad_inputs_fail_in_one_line(tmp_path: Path):
+    missing = run(["train.py", "--train_list_path", str(tmp_path / "nope.txt"), "--save_model", str(tmp_path)])
+    assert missing.returncode == 1
+    assert "error: list file not found" in missing.stderr and "Traceback" not in missing.stderr
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a.wav\tx\n")
+    result = run(["train.py", "--train_list_path", str(bad), "--save_model", str(tmp_path)])
+    assert result.returncode == 1 and "is not an integer" in result.stderr and "Traceback" not in result.stderr
+    config = tmp_path / "c.yaml"
+    config.write_text("batch_sise: 3\n")
+    result = run(["train.py", "--config", str(config)])
+    assert result.returncode == 2 and "unknown key(s)" in result.stderr
