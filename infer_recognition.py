@@ -1,0 +1,246 @@
+"""Speaker recognition against a library of enrolled voices (audio_db/<name>/*.wav), from the microphone or files.
+
+Interactive (microphone), as in the original:
+    python infer_recognition.py
+    Choose: 0 = register, 1 = recognise (q to quit): 0      -> Enter, speak for --record_seconds, type the name
+    Choose: 0 = register, 1 = recognise (q to quit): 1      -> Enter, speak: "Recognised: alice, similarity: 0.92 ..."
+
+File mode (no microphone needed):
+    python infer_recognition.py --register alice --audio_path a1.wav a2.flac a3.mp3
+    python infer_recognition.py --recognize unknown.wav --json_path result.json
+    python infer_recognition.py --list
+    python infer_recognition.py --remove alice
+
+Embeddings are cached in audio_db/.voiceprint_cache.npz: a restart embeds only new or
+changed recordings (the count is printed). `--json_path` writes the result as JSON:
+recognition {"name": <name or null>, "score", "runner_up", "runner_up_score"} (a list
+of those, each with "path", when several files are given), register {"name",
+"recordings"}, list {"speakers": {name: count}}, remove {"removed": name}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from utils.config import fail, print_arguments
+
+LIST_NAMES_UP_TO = 20  # above this many speakers the interactive start-up prints a count instead of every name
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # library and model
+    parser.add_argument("--audio_db", default="audio_db", help="library folder: <name>/*.wav (or <name>.wav)")
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="similarity needed to accept a speaker (default: the model's 1:N recognition threshold)"
+    )
+    parser.add_argument("--model_path", default="models/voiceprint_resnet34.pt", help="inference model file")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    # microphone
+    parser.add_argument("--record_seconds", type=float, default=3.0, help="length of each microphone recording")
+    # file mode
+    parser.add_argument("--register", metavar="NAME", default=None, help="enrol NAME from --audio_path files")
+    parser.add_argument("--audio_path", nargs="+", metavar="FILE", default=None, help="recordings for --register")
+    parser.add_argument("--recognize", nargs="+", metavar="FILE", default=None, help="who is speaking in FILE(s)")
+    parser.add_argument("--list", action="store_true", help="list enrolled speakers and their recording counts")
+    parser.add_argument("--remove", metavar="NAME", default=None, help="delete an enrolled speaker")
+    parser.add_argument("--json_path", default=None, help="also write the result of file mode as JSON here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    print_arguments(args)
+    warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"
+
+    try:
+        return _run(args)
+    except Exception as exc:
+        if _is_user_error(exc):
+            fail(str(exc))
+        raise
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    """Errors about the user's input or machine (one line, no traceback); bugs still show a traceback."""
+    from utils.audio import AudioError
+    from utils.record import MicrophoneError
+    from utils.speaker_db import SpeakerDBError
+
+    known: list[type] = [AudioError, MicrophoneError, SpeakerDBError]
+    checkpoint = sys.modules.get("utils.checkpoint")  # only imported (with torch) when a model was loaded
+    if checkpoint is not None:
+        known.append(checkpoint.CheckpointError)
+    return isinstance(exc, tuple(known))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from utils.speaker_db import MIN_REGISTER_SECONDS, SpeakerDB, validate_name
+
+    modes = [m for m in ("register", "recognize", "list", "remove") if getattr(args, m) not in (None, False)]
+    if len(modes) > 1:
+        fail(f"choose one of --{', --'.join(modes)}")
+    mode = modes[0] if modes else "interactive"
+    if args.audio_path is not None and mode != "register":
+        fail("--audio_path goes with --register NAME")
+    if not args.record_seconds > 0:
+        fail(f"--record_seconds must be positive, got {args.record_seconds}")
+    # cheap checks first, so bad input never waits for the model to load
+    if mode == "register":
+        validate_name(args.register)
+        if not args.audio_path:
+            fail("--register NAME needs --audio_path FILE [FILE ...]")
+        _check_files(args.audio_path, min_seconds=MIN_REGISTER_SECONDS)
+    elif mode == "recognize":
+        _check_files(args.recognize)
+    elif mode == "remove":
+        validate_name(args.remove)
+    elif mode == "interactive":
+        _check_microphone()
+
+    if mode in ("list", "remove"):  # no embeddings needed: skip loading the model
+        db = SpeakerDB(args.audio_db, None, threshold=args.threshold)
+        return _list(db, args) if mode == "list" else _remove(db, args)
+
+    from utils.embedder import Embedder
+
+    embedder = Embedder(args.model_path, device=args.device)
+    db = SpeakerDB(args.audio_db, embedder, threshold=args.threshold)
+    print(
+        f"library {args.audio_db}: {len(db)} speakers, {sum(db.counts().values())} recordings, "
+        f"{db.embedded_at_load} new recordings embedded (threshold {db.threshold:.2f})"
+    )
+    if mode == "register":
+        return _register(db, args)
+    if mode == "recognize":
+        return _recognize(db, args)
+    return _interactive(db, args)
+
+
+def _check_files(paths: list[str], min_seconds: float = 0.0) -> None:
+    """Missing, undecodable or too-short files fail before the model loads (seconds, not a torch start-up)."""
+    from utils.audio import AudioError, audio_info
+
+    for path in paths:
+        if Path(path).is_dir():
+            raise AudioError(f"expected an audio file but got a directory: {path}")
+        frames, rate = audio_info(path)
+        seconds = frames / rate if rate else 0.0
+        if seconds < min_seconds:
+            raise AudioError(f"{path} is too short: {seconds:.2f} s (need at least {min_seconds:g} s to register)")
+
+
+def _check_microphone() -> None:
+    from utils.record import NO_DEVICE_MESSAGE, MicrophoneError, has_input_device
+
+    if not has_input_device():
+        try:
+            import pyaudio  # noqa: F401
+        except ImportError:
+            from utils.record import record
+
+            record(1.0)  # raises the one-line "PyAudio is not installed ..." error
+        raise MicrophoneError(NO_DEVICE_MESSAGE)
+
+
+def _write_json(path: str | None, obj: Any) -> None:
+    if path:
+        from utils.checkpoint import atomic_write_text
+
+        atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+        print(f"wrote {path}")
+
+
+# file mode
+
+
+def _register(db: Any, args: argparse.Namespace) -> int:
+    count = db.register(args.register, args.audio_path)
+    print(f"Registered {args.register.strip()}: {count} recordings ({len(args.audio_path)} new).")
+    _write_json(args.json_path, {"name": args.register.strip(), "recordings": count})
+    return 0
+
+
+def _recognize(db: Any, args: argparse.Namespace) -> int:
+    results = []
+    for path in args.recognize:
+        result = db.recognize(path)
+        print(f"{path}: {_describe(result)}")
+        results.append({**result.to_dict(), "path": path})
+    _write_json(args.json_path, results[0] if len(results) == 1 else results)
+    return 0
+
+
+def _list(db: Any, args: argparse.Namespace) -> int:
+    counts = db.counts()
+    print(f"library {args.audio_db}: {len(counts)} speakers")
+    for name, count in counts.items():
+        print(f"{name}: {count} recordings")
+    _write_json(args.json_path, {"speakers": counts})
+    return 0
+
+
+def _remove(db: Any, args: argparse.Namespace) -> int:
+    name = args.remove.strip()
+    db.remove(name)
+    print(f"Removed {name}; {len(db)} speakers left.")
+    _write_json(args.json_path, {"removed": name})
+    return 0
+
+
+def _describe(result: Any) -> str:
+    runner = f" (runner-up: {result.runner_up} {result.runner_up_score:.2f})" if result.runner_up is not None else ""
+    if result.name is not None:
+        return f"Recognised: {result.name}, similarity: {result.score:.2f}{runner}"
+    return f"Unknown speaker (best: {result.best} {result.score:.2f} < threshold {result.threshold:.2f})"
+
+
+# microphone
+
+
+def _interactive(db: Any, args: argparse.Namespace) -> int:
+    from utils.audio import AudioError
+    from utils.record import MicrophoneError, record
+    from utils.speaker_db import SpeakerDBError
+
+    counts = db.counts()
+    if len(counts) <= LIST_NAMES_UP_TO:
+        for name in counts:
+            print(f"Loaded {name} audio.")
+    seconds = args.record_seconds
+    try:
+        while True:
+            choice = input("Choose: 0 = register, 1 = recognise (q to quit): ").strip().lower()
+            if choice in ("q", "quit", "exit"):
+                return 0
+            if choice not in ("0", "1"):
+                print("Please type 0, 1 or q.")
+                continue
+            try:
+                input(f"Press Enter, then speak for {seconds:g} s: ")
+                print("Recording...", flush=True)
+                wav = record(seconds)
+                print("Done.")
+                if choice == "0":
+                    name = input("Name: ")
+                    count = db.register(name, [wav])
+                    print(f"Registered {name.strip()}: {count} recordings.")
+                elif len(db) == 0:
+                    print("No speakers registered yet: choose 0 to register someone first.")
+                else:
+                    print(_describe(db.recognize(wav)))
+            except (AudioError, SpeakerDBError, MicrophoneError) as exc:
+                print(f"error: {exc}", file=sys.stderr)  # one bad attempt does not end the session
+    except (EOFError, KeyboardInterrupt):
+        print()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

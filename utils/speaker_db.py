@@ -1,0 +1,574 @@
+"""The voiceprint library: a folder of recordings per person, embedded once and cached on disk.
+
+    from utils.embedder import Embedder
+    from utils.speaker_db import SpeakerDB
+    db = SpeakerDB("audio_db", Embedder("models/voiceprint_resnet34.pt"))   # scans and embeds (cached)
+    db.register("alice", [wav1, wav2, "alice_3.flac"])                      # arrays (16 kHz) or files
+    result = db.recognize(wav)          # Recognition(name="alice" or None, score, runner_up, runner_up_score)
+
+Layout of the folder (`root`):
+
+    root/<name>/*.wav|flac|ogg|mp3|opus   several recordings of one person (register writes 16-bit 16 kHz WAV)
+    root/<name>.wav                        the original flat layout: a person with one recording (still read)
+    root/.voiceprint_cache.npz             embeddings + a JSON index, one file (np.savez, loaded without pickle)
+    root/.lock                             fcntl.flock lock taken around every write
+
+Cache: one .npz holding `embeddings` (N, D) float32 and `index`, UTF-8 JSON bytes
+{"version", "model", "dim", "files": [{"path", "size", "mtime_ns", "row"}]} (`row` -1
+marks a file that failed to decode, so it is not retried until it changes). Both live in
+the same file, so a crash can never pair an index with the wrong matrix. Entries are
+keyed by the path relative to `root` plus (size, mtime_ns): only new or changed files
+are embedded again. `model` is the sha256 of the model file (plus the VAD setting); a
+different model throws the whole cache away. An unreadable cache is a warning and a
+rebuild, never an error.
+
+Concurrency: register/remove/cache writes hold an exclusive flock on root/.lock and
+re-read the folder and the cache after taking it, so two processes enrolling at the
+same time both keep their speakers and neither loses the other's cache entries.
+Inside one process a re-entrant thread lock serialises writers; readers
+(`recognize`) use an immutable snapshot and never wait.
+
+A person's voiceprint is the L2-normalised mean of their recording embeddings;
+recognition is one matrix product of the query with all voiceprints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import threading
+import unicodedata
+import uuid
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from utils.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioError, check_speech, load_audio, resample, to_mono
+
+if TYPE_CHECKING:
+    from utils.embedder import Embedder
+
+CACHE_NAME = ".voiceprint_cache.npz"
+LOCK_NAME = ".lock"
+CACHE_VERSION = 1
+MAX_NAME_CHARS = 64
+MAX_NAME_BYTES = 200  # below NAME_MAX (255) even with a ".wav" suffix
+MIN_REGISTER_SECONDS = 1.0  # an enrolment shorter than this gives a poor voiceprint
+DEFAULT_THRESHOLD = 0.5
+
+
+class SpeakerDBError(ValueError):
+    """Bad name, unknown speaker, unusable library folder; the message is one line for the user."""
+
+
+class CacheWarning(UserWarning):
+    """The embedding cache could not be read or written; it is rebuilt (or skipped), nothing is lost."""
+
+
+# names
+
+
+def validate_name(name: str) -> str:
+    """The stripped name, or SpeakerDBError when it could not safely be a folder name inside the library."""
+    if not isinstance(name, str):
+        raise SpeakerDBError(f"speaker name must be text, got {type(name).__name__}")
+    clean = name.strip()
+    shown = repr(clean[:40] + ("..." if len(clean) > 40 else ""))
+    if not clean:
+        raise SpeakerDBError("speaker name is empty")
+    if len(clean) > MAX_NAME_CHARS:
+        raise SpeakerDBError(f"speaker name is too long: {len(clean)} characters (at most {MAX_NAME_CHARS})")
+    if "/" in clean or "\\" in clean:
+        raise SpeakerDBError(f"speaker name {shown} must not contain '/' or '\\'")
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in clean):  # NUL, newlines, escapes, lone surrogates
+        raise SpeakerDBError(f"speaker name {shown} contains control characters")
+    if clean.startswith("."):  # also '.' and '..'; dot-files are the library's own (cache, lock)
+        raise SpeakerDBError(f"speaker name {shown} must not start with '.'")
+    if len(clean.encode("utf-8")) > MAX_NAME_BYTES:
+        raise SpeakerDBError(f"speaker name is too long: {len(clean.encode('utf-8'))} bytes (at most {MAX_NAME_BYTES})")
+    return clean
+
+
+def _is_valid_name(name: str) -> bool:
+    try:
+        return validate_name(name) == name
+    except SpeakerDBError:
+        return False
+
+
+# results
+
+
+@dataclass
+class Recognition:
+    """Who spoke: `name` is None ("unknown") when the best score is below the threshold.
+
+    `runner_up` is always the second-ranked speaker (None with one speaker); `best`
+    is the top-ranked speaker even when it is below the threshold.
+    """
+
+    name: str | None
+    score: float
+    runner_up: str | None
+    runner_up_score: float | None
+    best: str | None = None
+    threshold: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "score": self.score,
+            "runner_up": self.runner_up,
+            "runner_up_score": self.runner_up_score,
+        }
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One recording on disk: where, which version (size, mtime_ns), its embedding (None: it failed)."""
+
+    speaker: str
+    size: int
+    mtime_ns: int
+    embedding: np.ndarray | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """What recognition reads: replaced as a whole, so a reader never sees half an update."""
+
+    names: tuple[str, ...]
+    counts: dict[str, int]
+    voiceprints: np.ndarray  # (S, D), L2-normalised rows in the order of `names`
+
+
+# the library
+
+
+def recognition_threshold(embedder: Embedder | None) -> float | None:
+    """The model's 1:N operating point: stricter than its 1:1 EER threshold, because a stranger is
+    compared with every enrolled voiceprint and the best of N scores is taken."""
+    if embedder is None:
+        return None
+    meta = (getattr(embedder, "info", None) or {}).get("meta") or {}
+    value = meta.get("recognition_threshold")
+    return float(value) if value is not None else getattr(embedder, "threshold", None)
+
+
+class SpeakerDB:
+    """A folder of speakers' recordings with cached embeddings; see the module docstring."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        embedder: Embedder | None,
+        threshold: float | None = None,
+        sync: bool = True,
+    ) -> None:
+        """Open (and by default sync) the library; `embedder=None` opens it for listing/removing only."""
+        self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise SpeakerDBError(f"speaker library {self.root} is not a folder")
+        self.embedder = embedder
+        if threshold is None:
+            threshold = recognition_threshold(embedder)
+        self.threshold = float(DEFAULT_THRESHOLD if threshold is None else threshold)
+        self.fingerprint = _model_fingerprint(embedder) if embedder is not None else None
+        self._entries: dict[str, _Entry] = {}  # relative path -> entry
+        self._cache_damaged = False  # the cache file could not be read: rewrite it even if nothing changed
+        self._mutex = threading.RLock()
+        self._lock_depth = 0
+        self._lock_fd: int | None = None
+        self._snapshot = _Snapshot((), {}, np.zeros((0, 0), dtype=np.float32))
+        self.embedded_at_load = self.sync() if sync else 0
+
+    @property
+    def cache_path(self) -> Path:
+        return self.root / CACHE_NAME
+
+    # reading
+
+    def names(self) -> list[str]:
+        return list(self._snapshot.names)
+
+    def counts(self) -> dict[str, int]:
+        """Usable recordings per speaker (files that failed to decode are not counted)."""
+        return dict(self._snapshot.counts)
+
+    def __len__(self) -> int:
+        return len(self._snapshot.names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._snapshot.counts
+
+    def voiceprint(self, name: str) -> np.ndarray:
+        snapshot = self._snapshot
+        if name not in snapshot.counts:
+            raise SpeakerDBError(f"unknown speaker: {name}")
+        return snapshot.voiceprints[snapshot.names.index(name)].copy()
+
+    # syncing with the folder
+
+    def sync(self) -> int:
+        """Scan the folder, embed only new or changed files, drop removed ones; returns how many were embedded."""
+        with self._locked(write=False):
+            return self._sync_locked()
+
+    def _sync_locked(self, extra: dict[str, _Entry] | None = None) -> int:
+        """The body of sync; the caller holds the lock. `extra`: entries already embedded (just registered)."""
+        on_disk_cache = self._read_cache()
+        files = self._scan()
+        entries: dict[str, _Entry] = {}
+        todo: list[tuple[str, str, int, int]] = []
+        for rel, (speaker, size, mtime_ns) in files.items():
+            known = None
+            for source in (extra or {}, self._entries, on_disk_cache or {}):
+                candidate = source.get(rel)
+                if candidate is not None and (candidate.size, candidate.mtime_ns) == (size, mtime_ns):
+                    known = candidate
+                    break
+            if known is not None:
+                entries[rel] = _Entry(speaker, size, mtime_ns, known.embedding, known.error)
+            else:
+                todo.append((rel, speaker, size, mtime_ns))
+        if todo and self.embedder is None:
+            for rel, speaker, size, mtime_ns in todo:  # listing only: count the file, embed it some other time
+                entries[rel] = _Entry(speaker, size, mtime_ns, None)
+            todo = []
+        embedded = 0
+        for rel, speaker, size, mtime_ns in todo:
+            try:
+                emb = self.embedder.embed_file(self.root / rel)
+                entries[rel] = _Entry(speaker, size, mtime_ns, np.asarray(emb, dtype=np.float32))
+                embedded += 1
+            except AudioError as exc:
+                warnings.warn(f"skipping {self.root / rel}: {exc}", CacheWarning, stacklevel=3)
+                entries[rel] = _Entry(speaker, size, mtime_ns, None, str(exc))
+        self._entries = entries
+        stale = on_disk_cache is None or self._cache_damaged or _differs(entries, on_disk_cache)
+        if self.embedder is not None and stale:
+            self._write_cache()
+        self._rebuild_snapshot()
+        return embedded
+
+    def _scan(self) -> dict[str, tuple[str, int, int]]:
+        """relative path -> (speaker, size, mtime_ns) for every recording in the folder."""
+        found: dict[str, tuple[str, int, int]] = {}
+        if not self.root.is_dir():
+            return found
+        for item in sorted(os.scandir(self.root), key=lambda e: e.name):
+            if item.name.startswith("."):
+                continue
+            try:
+                if item.is_dir():
+                    if not _is_valid_name(item.name):
+                        continue
+                    for sub in sorted(os.scandir(item.path), key=lambda e: e.name):
+                        if _is_audio(sub.name) and sub.is_file():
+                            st = sub.stat()
+                            found[f"{item.name}/{sub.name}"] = (item.name, st.st_size, st.st_mtime_ns)
+                elif _is_audio(item.name) and item.is_file():
+                    speaker = Path(item.name).stem  # the original flat layout: root/<name>.wav
+                    if _is_valid_name(speaker):
+                        st = item.stat()
+                        found[item.name] = (speaker, st.st_size, st.st_mtime_ns)
+            except OSError:  # removed while we looked (another process): the next sync sees the new state
+                continue
+        return found
+
+    def _rebuild_snapshot(self) -> None:
+        groups: dict[str, list[np.ndarray]] = {}
+        for entry in self._entries.values():
+            if entry.error is None:
+                groups.setdefault(entry.speaker, []).append(entry.embedding)
+        names = tuple(sorted(groups))
+        counts = {name: len(groups[name]) for name in names}
+        if self.embedder is None or not names:  # nothing to compare with (or no model to compare)
+            self._snapshot = _Snapshot(names, counts, np.zeros((0, self._dim()), dtype=np.float32))
+            return
+        means = np.stack([np.mean(np.stack(groups[name]), axis=0) for name in names]).astype(np.float32)
+        means /= np.linalg.norm(means, axis=1, keepdims=True) + 1e-12
+        self._snapshot = _Snapshot(names, counts, means)
+
+    def _dim(self) -> int:
+        return int(getattr(self.embedder, "embedding_dim", 0) or 0)
+
+    # recognition
+
+    def recognize(self, wav: np.ndarray | str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> Recognition:
+        """Who is speaking in `wav` (an array at `sample_rate`, or an audio file)."""
+        if self.embedder is None:
+            raise SpeakerDBError("this library was opened without a model: it cannot recognise")
+        if len(self) == 0:
+            raise SpeakerDBError(f"no speakers registered in {self.root}: register someone first")
+        if isinstance(wav, (str, os.PathLike)):
+            emb = self.embedder.embed_file(wav)
+        else:
+            emb = self.embedder.embed_array(_as_float(wav), sample_rate)
+        return self.recognize_embedding(emb)
+
+    def recognize_embedding(self, emb: np.ndarray) -> Recognition:
+        """Best and second-best speaker for one embedding: one matrix product, no loop over speakers."""
+        snapshot = self._snapshot
+        if not snapshot.names:
+            raise SpeakerDBError(f"no speakers registered in {self.root}: register someone first")
+        emb = np.asarray(emb, dtype=np.float32).reshape(-1)
+        if emb.shape[0] != snapshot.voiceprints.shape[1]:
+            raise SpeakerDBError(
+                f"embedding has {emb.shape[0]} dimensions but the library's voiceprints have "
+                f"{snapshot.voiceprints.shape[1]}"
+            )
+        emb = emb / (np.linalg.norm(emb) + 1e-12)
+        scores = snapshot.voiceprints @ emb
+        order = np.argsort(-scores)[:2]
+        best = snapshot.names[order[0]]
+        score = float(scores[order[0]])
+        runner_up = snapshot.names[order[1]] if len(order) > 1 else None
+        runner_up_score = float(scores[order[1]]) if len(order) > 1 else None
+        name = best if score >= self.threshold else None
+        return Recognition(name, score, runner_up, runner_up_score, best=best, threshold=self.threshold)
+
+    # writing
+
+    def register(
+        self,
+        name: str,
+        recordings: Sequence[np.ndarray | str | os.PathLike],
+        sample_rate: int = SAMPLE_RATE,
+    ) -> int:
+        """Save each recording as root/<name>/<timestamp-uuid>.wav (16-bit, 16 kHz), embed it; returns the count.
+
+        Everything is decoded, checked and embedded before anything is written, so
+        a bad recording leaves the library untouched.
+        """
+        if self.embedder is None:
+            raise SpeakerDBError("this library was opened without a model: it cannot register")
+        name = validate_name(name)
+        if isinstance(recordings, (str, os.PathLike, np.ndarray)):
+            recordings = [recordings]
+        recordings = list(recordings)
+        if not recordings:
+            raise SpeakerDBError(f"no recordings given for {name}")
+        prepared: list[tuple[bytes, np.ndarray]] = []
+        for i, recording in enumerate(recordings):
+            wav = self._load_recording(recording, sample_rate, i)
+            pcm = (np.clip(wav, -1.0, 1.0) * 32767.0).round().astype("<i2")
+            # embed exactly what is stored (16-bit), so a later re-embed of the file gives the same vector
+            emb = self.embedder.embed_array(pcm.astype(np.float32) / 32767.0, SAMPLE_RATE)
+            prepared.append((_wav_bytes(pcm), np.asarray(emb, dtype=np.float32)))
+        from utils.checkpoint import atomic_write_bytes  # lazy: it imports torch, listing/removing need not
+
+        with self._locked(write=True):
+            folder = self.root / name
+            if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+                raise SpeakerDBError(f"cannot register {name}: {folder} exists and is not a folder")
+            folder.mkdir(parents=True, exist_ok=True)
+            extra: dict[str, _Entry] = {}
+            for data, emb in prepared:
+                stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+                file_name = f"{stamp}-{uuid.uuid4().hex[:12]}.wav"
+                path = folder / file_name
+                atomic_write_bytes(path, data)
+                st = path.stat()
+                extra[f"{name}/{file_name}"] = _Entry(name, st.st_size, st.st_mtime_ns, emb)
+            self._sync_locked(extra)
+        return self._snapshot.counts.get(name, 0)
+
+    def _load_recording(self, recording: np.ndarray | str | os.PathLike, sample_rate: int, index: int) -> np.ndarray:
+        label = f"recording {index + 1}"
+        if isinstance(recording, (str, os.PathLike)):
+            label = str(recording)
+            wav = load_audio(recording)
+        else:
+            wav = to_mono(_as_float(recording))
+            if not np.isfinite(wav).all():
+                raise AudioError(f"{label} contains NaN or infinite samples")
+            wav = resample(wav, int(sample_rate), SAMPLE_RATE)
+        check_speech(wav, SAMPLE_RATE, MIN_REGISTER_SECONDS, label)
+        return np.ascontiguousarray(wav, dtype=np.float32)
+
+    def remove(self, name: str) -> None:
+        """Delete a speaker: root/<name>/ and any legacy root/<name>.<ext>; SpeakerDBError when unknown."""
+        name = validate_name(name)
+        with self._locked(write=True):
+            self._sync_locked()
+            folder = self.root / name
+            legacy = [p for p in self.root.iterdir() if _is_audio(p.name) and p.stem == name and not p.is_dir()]
+            has_folder = folder.is_dir() or folder.is_symlink()
+            if not has_folder and not legacy:
+                raise SpeakerDBError(f"unknown speaker: {name}")
+            if folder.is_symlink():
+                folder.unlink()  # never follow a link out of the library
+            elif has_folder:
+                shutil.rmtree(folder)
+            for path in legacy:
+                path.unlink()
+            self._sync_locked()
+
+    # lock
+
+    @contextmanager
+    def _locked(self, write: bool) -> Iterator[None]:
+        """Exclusive flock on root/.lock (re-entrant in this process). Without a writable folder: no lock."""
+        with self._mutex:
+            if self._lock_depth == 0:
+                self._lock_fd = self._open_lock(create=write)
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+                if self._lock_depth == 0 and self._lock_fd is not None:
+                    _release(self._lock_fd)
+                    self._lock_fd = None
+
+    def _open_lock(self, create: bool) -> int | None:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; single-process use only
+            return None
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+        elif not self.root.is_dir():
+            return None
+        try:
+            fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            if create:
+                raise SpeakerDBError(f"cannot write to the speaker library {self.root}: {exc.strerror}") from None
+            return None  # a read-only library can still be read
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
+    # cache
+
+    def _read_cache(self) -> dict[str, _Entry] | None:
+        """Entries from the cache file for this model; None when it is missing, unreadable or for another model."""
+        if self.embedder is None:
+            return None
+        path = self.cache_path
+        self._cache_damaged = False
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                index = json.loads(bytes(data["index"]).decode("utf-8"))
+                embeddings = np.asarray(data["embeddings"], dtype=np.float32)
+            if index.get("version") != CACHE_VERSION:
+                return None
+            if index.get("model") != self.fingerprint:
+                return None  # another model: every file is embedded again
+            dim = self._dim()
+            if embeddings.ndim != 2 or (dim and embeddings.shape[1] != dim and len(embeddings)):
+                raise ValueError(f"embeddings have shape {embeddings.shape}")
+            entries: dict[str, _Entry] = {}
+            for item in index["files"]:
+                row = int(item["row"])
+                emb = embeddings[row].copy() if row >= 0 else None
+                error = None if row >= 0 else str(item.get("error", "could not be embedded"))
+                if emb is not None and not np.isfinite(emb).all():
+                    raise ValueError(f"non-finite embedding for {item['path']}")
+                entries[str(item["path"])] = _Entry(
+                    str(item.get("speaker", "")), int(item["size"]), int(item["mtime_ns"]), emb, error
+                )
+        except Exception as exc:  # any damage (truncated zip, bad JSON, wrong keys): rebuild, never fail
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            warnings.warn(f"embedding cache {path} is unreadable ({reason}); rebuilding it", CacheWarning, stacklevel=4)
+            self._cache_damaged = True
+            return {}
+        return entries
+
+    def _write_cache(self) -> None:
+        """Write the cache atomically; the caller holds the lock. A read-only folder only costs a warning."""
+        if not self.root.is_dir():
+            return
+        files, rows = [], []
+        for rel, entry in sorted(self._entries.items()):
+            item: dict[str, Any] = {"path": rel, "speaker": entry.speaker, "size": entry.size}
+            item["mtime_ns"] = entry.mtime_ns
+            if entry.error is None:
+                item["row"] = len(rows)
+                rows.append(entry.embedding)
+            else:
+                item["row"] = -1
+                item["error"] = entry.error
+            files.append(item)
+        dim = self._dim() or (len(rows[0]) if rows else 0)
+        embeddings = np.stack(rows).astype(np.float32) if rows else np.zeros((0, dim), dtype=np.float32)
+        index = {"version": CACHE_VERSION, "model": self.fingerprint, "dim": dim, "files": files}
+        from utils.checkpoint import atomic_write_bytes
+
+        buffer = io.BytesIO()
+        np.savez(buffer, embeddings=embeddings, index=np.frombuffer(json.dumps(index).encode("utf-8"), np.uint8))
+        try:
+            atomic_write_bytes(self.cache_path, buffer.getvalue())
+        except OSError as exc:
+            warnings.warn(f"cannot write embedding cache {self.cache_path}: {exc.strerror}", CacheWarning, stacklevel=4)
+
+
+# helpers
+
+
+def _release(fd: int) -> None:
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _as_float(wav: np.ndarray) -> np.ndarray:
+    """float32 in [-1, 1]; integer PCM (e.g. int16 from a sound card) is scaled, not clipped."""
+    wav = np.asarray(wav)
+    if np.issubdtype(wav.dtype, np.integer):
+        info = np.iinfo(wav.dtype)
+        return ((wav.astype(np.float64) - (info.max + info.min + 1) / 2) / ((info.max - info.min + 1) / 2)).astype(
+            np.float32
+        )
+    return wav.astype(np.float32, copy=False)
+
+
+def _is_audio(file_name: str) -> bool:
+    return not file_name.startswith(".") and Path(file_name).suffix.lower() in AUDIO_EXTENSIONS
+
+
+def _differs(entries: dict[str, _Entry], cached: dict[str, _Entry]) -> bool:
+    if entries.keys() != cached.keys():
+        return True
+    return any((e.size, e.mtime_ns) != (cached[k].size, cached[k].mtime_ns) for k, e in entries.items())
+
+
+def _wav_bytes(pcm: np.ndarray) -> bytes:
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    sf.write(buffer, pcm, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    return buffer.getvalue()
+
+
+def _model_fingerprint(embedder: Any) -> str:
+    """sha256 of the model file (3 MB: ~10 ms) plus the settings that change embeddings."""
+    explicit = getattr(embedder, "fingerprint", None)
+    if isinstance(explicit, str):
+        return explicit
+    digest = hashlib.sha256()
+    model_path = getattr(embedder, "model_path", None)
+    if model_path and Path(model_path).is_file():
+        with open(model_path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    else:  # an in-memory embedder: fall back to its description
+        digest.update(repr(getattr(embedder, "info", type(embedder).__name__)).encode())
+    digest.update(f"|vad={bool(getattr(embedder, 'vad', False))}".encode())
+    return digest.hexdigest()
