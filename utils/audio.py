@@ -17,6 +17,7 @@ import soundfile as sf
 
 SAMPLE_RATE = 16000
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus")
+MIN_RATE, MAX_RATE = 1000, 768000  # sample rates load_audio accepts (real audio is 8 kHz .. 384 kHz)
 
 
 class AudioError(ValueError):
@@ -55,6 +56,9 @@ def load_audio(
     try:
         with sf.SoundFile(str(path)) as f:
             source_rate = f.samplerate
+            if not MIN_RATE <= source_rate <= MAX_RATE:
+                # a header claiming e.g. 1 Hz would be "resampled" into gigabytes (or minutes of filter design)
+                raise AudioError(f"audio file {path} has an implausible sample rate of {source_rate} Hz")
             start = int(round(start_seconds * source_rate))
             if start:
                 f.seek(min(start, max(f.frames - 1, 0)) if f.frames > 0 else 0)
@@ -100,12 +104,17 @@ def resample(wav: np.ndarray, source_rate: int, target_rate: int = SAMPLE_RATE) 
 
 
 def _check_path(path: Path) -> None:
-    if not path.exists():
-        raise AudioError(f"audio file not found: {path}")
-    if path.is_dir():
-        raise AudioError(f"expected an audio file but got a directory: {path}")
-    if path.stat().st_size == 0:
-        raise AudioError(f"audio file is empty (0 bytes): {path}")
+    try:
+        if not path.exists():
+            raise AudioError(f"audio file not found: {path}")
+        if path.is_dir():
+            raise AudioError(f"expected an audio file but got a directory: {path}")
+        if not path.is_file():  # a FIFO or device: reading it could block forever
+            raise AudioError(f"expected an audio file but got a pipe or device: {path} (save the audio to a file)")
+        if path.stat().st_size == 0:
+            raise AudioError(f"audio file is empty (0 bytes): {path}")
+    except OSError as exc:  # e.g. a file name too long for the file system, a permission-denied folder
+        raise AudioError(f"cannot open audio file {path}: {exc.strerror or exc}") from None
 
 
 def _short(exc: BaseException) -> str:

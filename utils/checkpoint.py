@@ -12,8 +12,11 @@ of the folder. A crash leaves either the old file or the new one, never half.
 from __future__ import annotations
 
 import io
+import math
 import os
 import tempfile
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -85,13 +88,47 @@ def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     if path.is_dir():
         raise CheckpointError(f"expected a model file but got a directory: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        if path.stat().st_size == 0:
+            raise CheckpointError(f"model file is empty (0 bytes): {path}")
+        _check_zip_crc(path)
+        with warnings.catch_warnings():  # "Detected pickle protocol 4 ..." is noise for the user: we refuse anyway
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except CheckpointError:
+        raise
     except Exception as exc:
         text = str(exc).strip().splitlines()
-        reason = text[0] if text else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        reason = text[0].split(". ")[0] if text else type(exc).__name__  # torch appends paragraphs of advice
+        if (
+            "Unsupported global" in str(exc)
+            or "GLOBAL" in str(exc)
+            or ("Weights only load failed" in str(exc) and _is_pickle(path))
+        ):
             reason = "it contains Python objects other than weights (refused: loading it could run code)"
+        elif "Weights only load failed" in str(exc):
+            reason = "not a PyTorch weights file, or it is damaged"
         raise CheckpointError(f"cannot load model file {path}: {reason}") from None
+
+
+def _is_pickle(path: Path) -> bool:
+    """A plain pickle (protocol 2-5) starts with PROTO <n>; random bytes almost never do."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
+def _check_zip_crc(path: Path) -> None:
+    """torch.load does not verify the CRC32 of the zip members torch.save writes: damaged bytes inside a model
+    would load silently as damaged weights. Check them (about 10 ms per 3 MB)."""
+    if not zipfile.is_zipfile(path):
+        return  # the legacy format, or so broken that torch.load says why
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError):
+        return  # let torch.load report it
+    if bad is not None:
+        raise CheckpointError(f"cannot load model file {path}: it is damaged (checksum mismatch in {bad})")
 
 
 # inference models
@@ -143,11 +180,34 @@ def load_inference_model(path: str | os.PathLike, device: Any = "cpu") -> tuple[
         model = build_model(**blob["model_config"])
         state = {k: (v.float() if v.is_floating_point() else v) for k, v in blob["state_dict"].items()}
         model.load_state_dict(state)
-    except (RuntimeError, TypeError, KeyError, ValueError) as exc:
-        raise CheckpointError(f"{path} does not match its model description: {str(exc).splitlines()[0]}") from None
+        info = {k: blob[k] for k in ("model_config", "feature_config", "threshold", "meta")}
+        _check_inference_info(info, state)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path} {exc}") from None
+    except (RuntimeError, TypeError, KeyError, ValueError, AttributeError) as exc:
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
+        detail = lines[0] + (f" {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else "")
+        detail = detail if len(detail) <= 240 else detail[:240] + " ..."  # a key list can run to pages
+        raise CheckpointError(f"{path} does not match its model description: {detail}") from None
     model.to(device).eval()
-    info = {k: blob[k] for k in ("model_config", "feature_config", "threshold", "meta")}
     return model, info
+
+
+def _check_inference_info(info: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
+    """What load_state_dict cannot see: features that fit the model, a usable threshold, finite weights."""
+    from utils.features import FeatureConfig
+
+    features = FeatureConfig.from_dict(info["feature_config"])  # ValueError for an unknown feature
+    feat_dim = info["model_config"].get("feat_dim")
+    if feat_dim is not None and features.num_bins != feat_dim:
+        raise CheckpointError(
+            f"does not match its model description: features have {features.num_bins} bins, the model expects {feat_dim}"
+        )
+    threshold = info["threshold"]
+    if threshold is not None and not (isinstance(threshold, (int, float)) and math.isfinite(threshold)):
+        raise CheckpointError(f"stores an invalid threshold: {threshold!r}")
+    if any(v.is_floating_point() and not bool(torch.isfinite(v).all()) for v in state.values()):
+        raise CheckpointError("has NaN or infinite weights (a diverged or damaged model)")
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

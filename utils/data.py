@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,7 @@ class TrainDataset(torch.utils.data.Dataset):
         self.num_samples = int(round(crop.seconds * SAMPLE_RATE))
         self.cache: dict[int, np.ndarray] | None = {} if cache_audio else None
         self._info: dict[int, tuple[int, int]] = {}
+        self._warned: set[int] = set()  # items whose failure was reported (once per process)
 
     def preload(self, num_workers: int = 2, progress: bool = False) -> None:
         """Decode every file once (in worker processes) before training forks its loader workers,
@@ -123,7 +125,8 @@ class TrainDataset(torch.utils.data.Dataset):
         )
         self.cache = {}
         for index, wav in enumerate(tqdm(loader, total=len(self.items), disable=not progress, desc="caching audio")):
-            self.cache[index] = wav.numpy()
+            if wav.numel():  # a file that failed is retried (and reported) when a batch asks for it
+                self.cache[index] = wav.numpy()
 
     @property
     def num_classes(self) -> int:
@@ -162,8 +165,14 @@ class TrainDataset(torch.utils.data.Dataset):
         try:
             # read enough source audio that the perturbed crop still has the right length
             wav = self._load_window(index, self.crop.seconds * factor + 0.02, rng)
-        except AudioError:
-            # files were checked by create_data.py; one vanishing mid-run is replaced by silence-free noise
+        except AudioError as exc:
+            # files were checked by create_data.py; one vanishing mid-run is replaced by silence-free noise,
+            # but never silently: a moved dataset would otherwise train on nothing but noise
+            if index not in self._warned:
+                from tqdm import tqdm
+
+                self._warned.add(index)
+                tqdm.write(f"warning: training file replaced by noise: {exc}", file=sys.stderr)  # not glued to a bar
             wav = rng.standard_normal(self.num_samples).astype(np.float32) * 0.01
         wav = speed_perturb(wav, factor)
         wav = random_crop(wav, self.num_samples, rng)
@@ -243,4 +252,7 @@ class _DecodeDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.from_numpy(load_audio(self.paths[i]))
+        try:
+            return torch.from_numpy(load_audio(self.paths[i]))
+        except AudioError:
+            return torch.zeros(0)  # an exception here would end training with a worker traceback

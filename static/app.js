@@ -1,0 +1,276 @@
+// voiceprint page: microphone -> 16 kHz mono 16-bit WAV (made here, in the page) -> the HTTP API.
+"use strict";
+
+const TARGET_RATE = 16000;
+const clips = {}; // slot -> {blob, seconds}
+let recorder = null; // the recording in progress
+
+const $ = (id) => document.getElementById(id);
+
+// capture: AudioWorklet where available, ScriptProcessor otherwise; both hand over Float32 blocks
+
+const WORKLET_SOURCE = `
+class Capture extends AudioWorkletProcessor {
+  process(inputs) {
+    const input = inputs[0];
+    if (input && input.length) {
+      const n = input[0].length, mono = new Float32Array(n);
+      for (const channel of input) for (let i = 0; i < n; i++) mono[i] += channel[i] / input.length;
+      this.port.postMessage(mono, [mono.buffer]);
+    }
+    return true;
+  }
+}
+registerProcessor("voiceprint-capture", Capture);
+`;
+
+async function startRecording(slot) {
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    throw new Error("no microphone access here: open the page on localhost or over HTTPS");
+  }
+  const stream = await navigator.mediaDevices.getUserMedia({
+    audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+  });
+  const context = new AudioContext();
+  const source = context.createMediaStreamSource(stream);
+  const blocks = [];
+  const onBlock = (block) => {
+    blocks.push(block);
+    showLevel(block);
+  };
+  let node;
+  if (context.audioWorklet && window.AudioWorkletNode) {
+    const url = URL.createObjectURL(new Blob([WORKLET_SOURCE], { type: "application/javascript" }));
+    await context.audioWorklet.addModule(url);
+    URL.revokeObjectURL(url);
+    node = new AudioWorkletNode(context, "voiceprint-capture");
+    node.port.onmessage = (event) => onBlock(event.data);
+  } else {
+    node = context.createScriptProcessor(4096, 1, 1);
+    node.onaudioprocess = (event) => onBlock(new Float32Array(event.inputBuffer.getChannelData(0)));
+  }
+  source.connect(node);
+  node.connect(context.destination); // keeps the graph pulling; the node outputs silence
+  return { slot, stream, context, node, blocks, rate: context.sampleRate };
+}
+
+async function stopRecording(rec) {
+  rec.node.disconnect();
+  rec.stream.getTracks().forEach((track) => track.stop());
+  await rec.context.close();
+  showLevel(new Float32Array(1));
+  const total = rec.blocks.reduce((n, b) => n + b.length, 0);
+  const samples = new Float32Array(total);
+  let offset = 0;
+  for (const block of rec.blocks) {
+    samples.set(block, offset);
+    offset += block.length;
+  }
+  const pcm = resample(samples, rec.rate, TARGET_RATE);
+  return { blob: encodeWav(pcm, TARGET_RATE), seconds: pcm.length / TARGET_RATE };
+}
+
+function showLevel(block) {
+  let peak = 0;
+  for (let i = 0; i < block.length; i++) peak = Math.max(peak, Math.abs(block[i]));
+  $("level-bar").style.width = `${Math.min(100, Math.round(peak * 100))}%`;
+}
+
+// windowed-sinc resampling (Blackman window, cut-off below the lower Nyquist rate): no aliasing
+
+function resample(input, fromRate, toRate) {
+  if (fromRate === toRate) return input;
+  const ratio = fromRate / toRate;
+  const cutoff = 0.95 * Math.min(1, toRate / fromRate); // in cycles per input sample x2
+  const half = 24; // taps on each side, in input samples scaled by the cut-off
+  const radius = Math.ceil(half / cutoff);
+  const out = new Float32Array(Math.floor(input.length / ratio));
+  for (let i = 0; i < out.length; i++) {
+    const centre = i * ratio;
+    const first = Math.max(0, Math.ceil(centre - radius));
+    const last = Math.min(input.length - 1, Math.floor(centre + radius));
+    let sum = 0;
+    let weights = 0;
+    for (let j = first; j <= last; j++) {
+      const x = j - centre;
+      const arg = Math.PI * cutoff * x;
+      const sinc = x === 0 ? 1 : Math.sin(arg) / arg;
+      const w = 0.42 + 0.5 * Math.cos((Math.PI * x) / radius) + 0.08 * Math.cos((2 * Math.PI * x) / radius);
+      const k = sinc * w;
+      sum += input[j] * k;
+      weights += k;
+    }
+    out[i] = weights ? sum / weights : 0;
+  }
+  return out;
+}
+
+function encodeWav(samples, rate) {
+  const buffer = new ArrayBuffer(44 + samples.length * 2);
+  const view = new DataView(buffer);
+  const text = (offset, s) => [...s].forEach((c, i) => view.setUint8(offset + i, c.charCodeAt(0)));
+  text(0, "RIFF");
+  view.setUint32(4, 36 + samples.length * 2, true);
+  text(8, "WAVE");
+  text(12, "fmt ");
+  view.setUint32(16, 16, true); // fmt chunk size
+  view.setUint16(20, 1, true); // PCM
+  view.setUint16(22, 1, true); // mono
+  view.setUint32(24, rate, true);
+  view.setUint32(28, rate * 2, true); // byte rate
+  view.setUint16(32, 2, true); // block align
+  view.setUint16(34, 16, true); // bits per sample
+  text(36, "data");
+  view.setUint32(40, samples.length * 2, true);
+  for (let i = 0; i < samples.length; i++) {
+    const s = Math.max(-1, Math.min(1, samples[i]));
+    view.setInt16(44 + i * 2, s < 0 ? s * 0x8000 : s * 0x7fff, true);
+  }
+  return new Blob([buffer], { type: "audio/wav" });
+}
+
+// the page
+
+function showResult(text, kind, score, threshold) {
+  const result = $("result");
+  const scored = typeof score === "number" ? ` (score ${score.toFixed(3)}, threshold ${threshold.toFixed(3)})` : "";
+  result.textContent = text + scored;
+  result.className = kind;
+  result.dataset.state = kind;
+  $("score").textContent = typeof score === "number" ? score.toFixed(3) : "-";
+  if (threshold !== undefined) $("threshold").textContent = threshold.toFixed(3);
+}
+
+function showClip(slot) {
+  const clip = clips[slot];
+  const label = $(`clip-${slot}`);
+  label.textContent = `${clip.seconds.toFixed(1)} s `;
+  const audio = document.createElement("audio");
+  audio.controls = true;
+  audio.src = URL.createObjectURL(clip.blob);
+  label.appendChild(audio);
+  label.dataset.seconds = clip.seconds.toFixed(2);
+}
+
+function updateButtons() {
+  const busy = recorder !== null;
+  $("register").disabled = busy || !clips.register || !$("name").value.trim();
+  $("recognize").disabled = busy || !clips.recognize;
+  $("compare").disabled = busy || !clips.a || !clips.b;
+}
+
+async function toggleRecording(button) {
+  const slot = button.dataset.slot;
+  try {
+    if (recorder && recorder.slot === slot) {
+      const rec = recorder;
+      recorder = null;
+      button.classList.remove("recording");
+      button.textContent = button.dataset.label;
+      clips[slot] = await stopRecording(rec);
+      $("mic-status").textContent = "";
+      $("mic-status").dataset.state = "idle";
+      showClip(slot);
+    } else if (!recorder) {
+      button.dataset.label = button.textContent;
+      recorder = await startRecording(slot);
+      button.classList.add("recording");
+      button.textContent = "Stop";
+      $("mic-status").textContent = `recording (${recorder.rate} Hz)...`;
+      $("mic-status").dataset.state = "recording";
+    }
+  } catch (error) {
+    recorder = null;
+    button.classList.remove("recording");
+    $("mic-status").dataset.state = "error";
+    showResult(`Microphone error: ${error.message}`, "error");
+  }
+  updateButtons();
+}
+
+async function callApi(path, form) {
+  showResult("working...", "busy");
+  let response;
+  try {
+    response = await fetch(path, { method: "POST", body: form });
+  } catch (error) {
+    showResult(`Network error: ${error.message}`, "error");
+    return null;
+  }
+  let body;
+  try {
+    body = await response.json();
+  } catch (error) {
+    body = { detail: `HTTP ${response.status}` };
+  }
+  if (!response.ok) {
+    showResult(`Error (${response.status}): ${body.detail}`, "error");
+    return null;
+  }
+  return body;
+}
+
+async function register() {
+  const name = $("name").value.trim();
+  const form = new FormData();
+  form.append("name", name);
+  form.append("files", clips.register.blob, "register.wav");
+  const body = await callApi("/register", form);
+  if (body) {
+    showResult(`Registered ${body.name} (${body.recordings} recording${body.recordings === 1 ? "" : "s"})`, "ok");
+    refreshSpeakers();
+  }
+}
+
+async function recognize() {
+  const form = new FormData();
+  form.append("file", clips.recognize.blob, "recognize.wav");
+  const body = await callApi("/recognize", form);
+  if (!body) return;
+  const result = $("result");
+  if (body.name === null) {
+    showResult("Unknown speaker", "unknown", body.score, body.threshold);
+  } else {
+    showResult(`Recognised: ${body.name}`, "ok", body.score, body.threshold);
+  }
+  result.dataset.name = body.name === null ? "" : body.name;
+}
+
+async function compare() {
+  const form = new FormData();
+  form.append("file1", clips.a.blob, "a.wav");
+  form.append("file2", clips.b.blob, "b.wav");
+  const body = await callApi("/contrast", form);
+  if (body) {
+    const text = body.same_speaker ? "Same speaker" : "Different speakers";
+    showResult(text, body.same_speaker ? "ok" : "unknown", body.score, body.threshold);
+  }
+}
+
+async function refreshSpeakers() {
+  try {
+    const response = await fetch("/speakers");
+    const body = await response.json();
+    const list = $("speakers");
+    list.replaceChildren();
+    for (const [name, count] of Object.entries(body.speakers)) {
+      const item = document.createElement("li");
+      item.textContent = `${name} (${count})`;
+      item.dataset.name = name;
+      list.appendChild(item);
+    }
+  } catch (error) {
+    // the list is informative only; the result box reports real failures
+  }
+}
+
+for (const button of document.querySelectorAll("button[data-slot]")) {
+  button.addEventListener("click", () => toggleRecording(button));
+}
+$("name").addEventListener("input", updateButtons);
+$("register").addEventListener("click", register);
+$("recognize").addEventListener("click", recognize);
+$("compare").addEventListener("click", compare);
+$("refresh").addEventListener("click", refreshSpeakers);
+refreshSpeakers();
+updateButtons();

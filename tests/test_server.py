@@ -1,0 +1,267 @@
+"""infer_server.py end to end: the real server in a subprocess, real HTTP (httpx), real speech."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+httpx = pytest.importorskip("httpx", reason="httpx is not installed (pip install -r requirements-dev.txt)")
+pytest.importorskip("fastapi", reason="fastapi is not installed (pip install -r requirements.txt)")
+
+from benchmarks.server_load import Clips, ServerProcess, run_load  # noqa: E402
+from infer_server import TooLongError, decode_audio_bytes  # noqa: E402
+from utils.audio import AudioError  # noqa: E402
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+MAX_UPLOAD_MB = 1
+MAX_SECONDS = 25
+ENROLLED = {"alice": "777", "bob": "1272", "carol": "1988"}  # held-out dev-clean speakers
+# speakers nobody enrolled; their measured best scores are at least 0.1 below the model's threshold (0.32)
+STRANGERS = ("librispeech/train-clean-100/103-1240-0000.flac", "fsdd/4_nicolas_16.wav")
+
+
+# fixtures
+
+
+def _dev_files(shared_data: Path, speaker: str, count: int = 8) -> list[Path]:
+    """The first `count` dev-clean utterances of 3-15 s (sf.info decodes an MP3 to count frames: stop early)."""
+    picked = []
+    for path in sorted((shared_data / "librispeech" / "dev-clean" / speaker).glob("*/*.mp3")):
+        if 3.0 <= sf.info(str(path)).duration <= 15.0:
+            picked.append(path)
+            if len(picked) == count:
+                break
+    return picked
+
+
+@pytest.fixture(scope="module")
+def speech(shared_data: Path) -> dict[str, list[Path]]:
+    """3 enrolment files then 2 probe files per enrolled name."""
+    return {name: _dev_files(shared_data, speaker, 5) for name, speaker in ENROLLED.items()}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, shared_data: Path):
+    library = tmp_path_factory.mktemp("audio_db")
+    proc = ServerProcess(
+        library, "--max_upload_mb", str(MAX_UPLOAD_MB), "--max_seconds", str(MAX_SECONDS), "--device", "cpu"
+    )
+    proc.start()
+    yield proc
+    proc.stop()
+    assert proc.proc.returncode is not None
+    assert "Traceback" not in proc.log(tail=0), proc.log()  # no request ever crashed the server
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=120.0) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def enrolled(client, speech) -> dict[str, int]:
+    counts = {}
+    for name, files in speech.items():
+        upload = [("files", (p.name, p.read_bytes(), "audio/mpeg")) for p in files[:3]]
+        response = client.post("/register", data={"name": name}, files=upload)
+        assert response.status_code == 200, response.text
+        assert response.json() == {"name": name, "recordings": 3}
+        counts[name] = 3
+    return counts
+
+
+def _upload(path: Path) -> tuple[str, bytes]:
+    return path.name, path.read_bytes()
+
+
+def _wav_bytes(wav: np.ndarray, rate: int = 16000, fmt: str = "WAV", subtype: str = "PCM_16") -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, wav, rate, format=fmt, subtype=subtype)
+    return buffer.getvalue()
+
+
+def _assert_error(response: httpx.Response, status: int, *words: str) -> str:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and "\n" not in detail
+    for word in words:
+        assert word in detail, detail
+    return detail
+
+
+# the upload decoder (in-process, no server)
+
+
+def test_decode_audio_bytes_formats_and_messages(shared_data: Path) -> None:
+    mp3 = next((shared_data / "librispeech" / "dev-clean" / "777").glob("*/*.mp3"))
+    wav = decode_audio_bytes(mp3.read_bytes(), "x.mp3")
+    assert wav.dtype == np.float32 and wav.ndim == 1 and len(wav) == sf.info(str(mp3)).frames
+    # 8 kHz stereo FLAC and OGG come back as 16 kHz mono
+    stereo = np.stack([wav[:16000:2], wav[:16000:2]], axis=1)
+    for fmt, subtype in (("FLAC", "PCM_16"), ("OGG", "VORBIS")):
+        out = decode_audio_bytes(_wav_bytes(stereo, 8000, fmt, subtype), f"x.{fmt.lower()}")
+        assert out.ndim == 1 and abs(len(out) - 16000) <= 1
+    with pytest.raises(AudioError, match=r"cannot decode audio file junk.bin: Error opening 'junk.bin'"):
+        decode_audio_bytes(b"not audio at all" * 10, "junk.bin")
+    with pytest.raises(AudioError, match=r"empty \(0 bytes\): e.wav"):
+        decode_audio_bytes(b"", "e.wav")
+    with pytest.raises(AudioError, match=r"short.wav is too short: 0.10 s"):
+        decode_audio_bytes(_wav_bytes(wav[:1600]), "short.wav")
+    with pytest.raises(AudioError, match="silent"):
+        decode_audio_bytes(_wav_bytes(np.zeros(16000, np.float32)), "quiet.wav")
+    with pytest.raises(TooLongError, match=r"at most 2 s per recording"):
+        decode_audio_bytes(_wav_bytes(wav[:48000]), "long.wav", max_seconds=2)
+
+
+# the real server
+
+
+def test_health_page_and_docs(client) -> None:
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["model"].endswith("voiceprint_resnet34.pt")
+    assert isinstance(health["speakers"], int)
+    # 1:N recognition uses the model's stricter operating point, 1:1 contrast its EER threshold
+    assert 0.0 < health["contrast_threshold"] <= health["threshold"] < 1.0
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="result"' in page.text and "/static/app.js" in page.text
+    assert "https://" not in page.text  # no CDN: the page works offline
+    script = client.get("/static/app.js")
+    assert script.status_code == 200 and "getUserMedia" in script.text and "https://" not in script.text
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/contrast", "/register", "/recognize", "/speakers", "/speakers/{name}", "/health"} <= set(paths)
+    assert set(paths["/speakers/{name}"]) == {"delete"}
+
+
+def test_recognize_enrolled_speakers(client, enrolled, speech) -> None:
+    threshold = client.get("/health").json()["threshold"]
+    for name, files in speech.items():
+        for probe in files[3:5]:
+            body = client.post("/recognize", files={"file": _upload(probe)}).json()
+            assert body["name"] == name, (probe.name, body)
+            assert body["score"] >= body["threshold"] == threshold
+            assert body["runner_up"] not in (None, name)
+            assert body["runner_up_score"] < body["score"]
+
+
+def test_strangers_are_unknown(client, enrolled, shared_data: Path) -> None:
+    for rel in STRANGERS:
+        body = client.post("/recognize", files={"file": _upload(shared_data / rel)}).json()
+        assert body["name"] is None, (rel, body)
+        assert body["score"] < body["threshold"]
+
+
+def test_contrast_same_and_different(client, speech) -> None:
+    a1, a2, b1 = speech["alice"][3], speech["alice"][4], speech["carol"][3]
+    same = client.post("/contrast", files={"file1": _upload(a1), "file2": _upload(a2)}).json()
+    different = client.post("/contrast", files={"file1": _upload(a1), "file2": _upload(b1)}).json()
+    assert same["same_speaker"] is True and different["same_speaker"] is False
+    assert same["score"] > same["threshold"] > different["score"]
+    assert same["threshold"] == client.get("/health").json()["contrast_threshold"]
+    assert set(same) == {"score", "threshold", "same_speaker"}
+
+
+def test_speakers_add_and_delete(client, enrolled, speech) -> None:
+    extra = [("files", _upload(speech["carol"][3]))]
+    assert client.post("/register", data={"name": "carol"}, files=extra).json() == {"name": "carol", "recordings": 4}
+    assert client.post("/register", data={"name": "  dave "}, files=extra).json() == {"name": "dave", "recordings": 1}
+    speakers = client.get("/speakers").json()["speakers"]
+    assert speakers["carol"] == 4 and speakers["dave"] == 1 and speakers["alice"] == 3
+    assert client.get("/health").json()["speakers"] == len(speakers)
+    assert client.delete("/speakers/carol").json() == {"removed": "carol"}
+    assert client.delete("/speakers/dave").json() == {"removed": "dave"}
+    _assert_error(client.delete("/speakers/dave"), 404, "unknown speaker")
+    _assert_error(client.delete("/speakers/nobody"), 404, "nobody")
+    assert "carol" not in client.get("/speakers").json()["speakers"]
+    # put carol back (3 recordings) for the tests that follow
+    upload = [("files", _upload(p)) for p in speech["carol"][:3]]
+    assert client.post("/register", data={"name": "carol"}, files=upload).json()["recordings"] == 3
+
+
+def test_bad_input_is_4xx_json(client, enrolled, speech, shared_data: Path) -> None:
+    before = client.get("/speakers").json()["speakers"]
+    real = speech["alice"][3]
+    wav = decode_audio_bytes(real.read_bytes(), real.name)
+    rng = np.random.default_rng(0)
+    # 400: undecodable, too short, silent, bad names
+    _assert_error(client.post("/recognize", files={"file": ("r.bin", rng.bytes(5000))}), 400, "cannot decode", "r.bin")
+    _assert_error(client.post("/recognize", files={"file": ("s.wav", _wav_bytes(wav[:1600]))}), 400, "too short")
+    silent = _wav_bytes(np.zeros(16000, np.float32))
+    _assert_error(client.post("/contrast", files={"file1": _upload(real), "file2": ("z.wav", silent)}), 400, "silent")
+    _assert_error(client.post("/recognize", files={"file": ("e.wav", b"")}), 400, "empty")
+    for bad in ("../x", ".hidden", "a/b", "x\ny", " "):
+        _assert_error(client.post("/register", data={"name": bad}, files={"files": _upload(real)}), 400, "name")
+    _assert_error(client.delete("/speakers/..%2Fx"), 400, "name")
+    # a bad file among good ones registers nothing
+    mixed = [("files", _upload(real)), ("files", ("bad.wav", rng.bytes(3000)))]
+    _assert_error(client.post("/register", data={"name": "eve"}, files=mixed), 400, "bad.wav")
+    # 422: missing fields
+    _assert_error(client.post("/recognize", files={"other": _upload(real)}), 422, "missing", "file")
+    _assert_error(client.post("/contrast", files={"file1": _upload(real)}), 422, "missing", "file2")
+    _assert_error(client.post("/register", files={"files": _upload(real)}), 422, "missing", "name")
+    _assert_error(client.post("/register", data={"name": "eve"}), 422, "missing", "files")
+    # 413: declared too large (Content-Length), streamed too large (chunked, no Content-Length), too long
+    big = _wav_bytes(rng.uniform(-0.5, 0.5, 40 * 16000).astype(np.float32))  # 1.3 MB, 40 s
+    assert len(big) > MAX_UPLOAD_MB * 2**20
+    _assert_error(client.post("/recognize", files={"file": ("big.wav", big)}), 413, "MB", "--max_upload_mb")
+    body, content_type = _multipart({"file": ("big.wav", big)})
+    chunks = (body[i : i + 65536] for i in range(0, len(body), 65536))
+    response = client.post("/recognize", content=chunks, headers={"Content-Type": content_type})
+    assert "content-length" not in response.request.headers
+    _assert_error(response, 413, "--max_upload_mb")
+    # one big file next to a small one passes the request limit of /contrast but not the per-file limit
+    response = client.post("/contrast", files={"file1": ("big.wav", big), "file2": _upload(real)})
+    _assert_error(response, 413, "big.wav", "--max_upload_mb")
+    long_clip = _wav_bytes(np.tile(wav, 6)[: (MAX_SECONDS + 3) * 16000], subtype="PCM_U8", fmt="WAV")
+    _assert_error(client.post("/recognize", files={"file": ("long.wav", long_clip)}), 413, "--max_seconds")
+    # nothing of that changed the library, and the server is still fine
+    assert client.get("/speakers").json()["speakers"] == before
+    assert client.get("/health").json()["status"] == "ok"
+
+
+def _multipart(files: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
+    boundary = "voiceprint-test-boundary"
+    parts = []
+    for field, (name, data) in files.items():
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
+        parts.append(head.encode() + b"Content-Type: application/octet-stream\r\n\r\n" + data + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_concurrent_load_has_no_errors(server, enrolled, speech, shared_data: Path) -> None:
+    # the benchmark's own code, small: 2 clients x 5 mixed requests against this server's speakers
+    newcomer = [_upload(p) for p in _dev_files(shared_data, "2035", 2)]  # a 4th voice for registers of new names
+    clips = Clips(
+        enrol={name: [_upload(p) for p in files[:3]] for name, files in speech.items()},
+        probes={name: [_upload(p) for p in files[3:5]] for name, files in speech.items()},
+        newcomer=newcomer,
+    )
+    report = run_load(server.url, clips, clients=2, requests_per_client=5, pid=server.pid)
+    assert report.errors == [], report.summary()
+    assert report.requests == 10 and report.consistent, report.summary()
+    assert sum(report.registered.values()) >= 1
+    assert report.peak_rss_mb is not None and report.peak_rss_mb > 50
+
+
+def test_library_is_shared_with_infer_recognition(server, enrolled) -> None:
+    # after the server stopped, a SpeakerDB on the same folder (what infer_recognition.py opens) has everyone;
+    # opened without a model (listing only) so this test does not pay for a second torch start-up
+    from utils.speaker_db import SpeakerDB
+
+    counts = httpx.get(f"{server.url}/speakers").json()["speakers"]
+    assert set(ENROLLED) <= set(counts)
+    assert server.stop() is not None
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{server.url}/health", timeout=2.0)
+    db = SpeakerDB(server.audio_db, None)
+    assert db.counts() == counts
+    assert (server.audio_db / ".voiceprint_cache.npz").is_file()  # embeddings cached for the next process
+    assert not list(server.audio_db.glob("**/*.tmp"))  # no half-written files left behind
