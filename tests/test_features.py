@@ -68,3 +68,13 @@ def test_spec_augment_masks_and_is_reproducible():
     zeroed = (a == 0).float().mean().item()
     assert 0.0 < zeroed < 0.3
     assert a.shape == feats.shape
+
+
+@pytest.mark.parametrize("n_mels,n_fft,rate", [(80, 512, 16000), (64, 400, 16000), (40, 256, 8000)])
+def test_mel_filterbank_equals_librosa(n_mels, n_fft, rate):
+    librosa = pytest.importorskip("librosa")
+    from utils.features import mel_filterbank
+
+    ours = mel_filterbank(rate, n_fft, n_mels, 20.0, rate / 2)
+    expected = librosa.filters.mel(sr=rate, n_fft=n_fft, n_mels=n_mels, fmin=20.0, fmax=rate / 2)
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-8)

@@ -9,6 +9,11 @@
 The whole recording is used (the original only looked at its first 2.6 s).
 Recordings longer than `segment_seconds` are read and embedded segment by
 segment and averaged, so memory stays bounded for hour-long files.
+
+`model_path` may also be a `.onnx` file written by export_onnx.py (needs
+onnxruntime): the features are still computed by utils.features from the
+config stored in the ONNX metadata, and only the backbone runs in ONNX Runtime
+(CPU), typically 2-3x faster than PyTorch eager on CPU.
 """
 
 from __future__ import annotations
@@ -16,15 +21,20 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from utils.audio import SAMPLE_RATE, AudioError, audio_info, check_speech, load_audio, resample, to_mono
-from utils.checkpoint import load_inference_model
+from utils.checkpoint import CheckpointError, load_inference_model
 from utils.features import FeatureConfig, FeatureExtractor
 
 MIN_SECONDS = 0.3
+ONNX_FORMAT = "voiceprint-onnx-v1"
+ONNX_INPUT, ONNX_OUTPUT = "features", "embedding"
+# ONNX metadata_props written by export_onnx.py; every value except "format" is JSON
+ONNX_METADATA_KEYS = ("model_config", "feature_config", "threshold", "meta")
 
 
 class Embedder:
@@ -37,13 +47,19 @@ class Embedder:
         segment_seconds: float = 30.0,
         vad: bool = False,
     ) -> None:
+        onnx = is_onnx_path(model_path)
+        if onnx and device == "auto":
+            device = "cpu"  # the backbone runs in ONNX Runtime on the CPU: features on a GPU would only add copies
         if isinstance(device, str):
             from utils.config import resolve_device
 
             device = resolve_device(device)
         self.device = device
         self.model_path = str(model_path)
-        self.model, info = load_inference_model(model_path, device)
+        if onnx:
+            self.model, info = load_onnx_model(model_path)
+        else:
+            self.model, info = load_inference_model(model_path, device)
         self.feature_config = FeatureConfig.from_dict(info["feature_config"])
         self.extractor = FeatureExtractor(self.feature_config).to(device)
         self.threshold: float | None = info["threshold"]
@@ -168,6 +184,75 @@ class _FileDataset(torch.utils.data.Dataset):
             return torch.from_numpy(wav), None
         except AudioError as exc:
             return torch.zeros(0), str(exc)
+
+
+# ONNX backbones
+
+
+def is_onnx_path(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(".onnx")
+
+
+class OnnxBackbone(torch.nn.Module):
+    """An ONNX Runtime session behind the backbone's interface: features (B, F, T) tensor -> embeddings (B, D) tensor."""
+
+    def __init__(self, session: Any) -> None:
+        super().__init__()
+        self.session = session
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        x = np.ascontiguousarray(feats.detach().float().cpu().numpy())
+        out = self.session.run([ONNX_OUTPUT], {ONNX_INPUT: x})[0]
+        return torch.from_numpy(out).to(feats.device)
+
+
+def onnx_session(model: str | os.PathLike | bytes, num_threads: int | None = None) -> Any:
+    """A CPU InferenceSession using as many threads as torch (`num_threads` overrides); one-line errors."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise CheckpointError("onnxruntime is not installed: pip install onnxruntime") from None
+    if not isinstance(model, bytes):
+        path = Path(model)
+        if not path.exists():
+            raise CheckpointError(f"model file not found: {path}")
+        if path.is_dir():
+            raise CheckpointError(f"expected a model file but got a directory: {path}")
+        model = str(path)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = num_threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: no warnings about unused initialisers on stderr
+    try:
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        text = str(exc).strip().splitlines()
+        name = "ONNX model" if isinstance(model, bytes) else f"ONNX model file {model}"
+        raise CheckpointError(f"cannot load {name}: {text[0] if text else type(exc).__name__}") from None
+
+
+def load_onnx_model(path: str | os.PathLike, num_threads: int | None = None) -> tuple[OnnxBackbone, dict[str, Any]]:
+    """Load a backbone exported by export_onnx.py; returns (backbone, info) like `load_inference_model`."""
+    session = onnx_session(path, num_threads)
+    return OnnxBackbone(session), onnx_info(session, str(path))
+
+
+def onnx_info(session: Any, name: str = "ONNX model") -> dict[str, Any]:
+    """The model_config / feature_config / threshold / meta stored in the ONNX metadata_props."""
+    import json
+
+    props = session.get_modelmeta().custom_metadata_map
+    if props.get("format") != ONNX_FORMAT:
+        raise CheckpointError(f"{name} is not a voiceprint ONNX model (no {ONNX_FORMAT} metadata; use export_onnx.py)")
+    names = [i.name for i in session.get_inputs()] + [o.name for o in session.get_outputs()]
+    if names != [ONNX_INPUT, ONNX_OUTPUT]:
+        raise CheckpointError(f"{name} has inputs/outputs {names}, expected [{ONNX_INPUT!r}, {ONNX_OUTPUT!r}]")
+    try:
+        info = {key: json.loads(props[key]) for key in ONNX_METADATA_KEYS}
+        FeatureConfig.from_dict(info["feature_config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{name} has broken voiceprint metadata: {str(exc).splitlines()[0]}") from None
+    return info
 
 
 def cosine_score(a: np.ndarray, b: np.ndarray) -> float:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -53,6 +54,35 @@ class FeatureConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale: linear below 1 kHz, logarithmic above (librosa's default, htk=False)."""
+    hz = np.asarray(hz, dtype=np.float64)
+    linear = hz / (200.0 / 3)
+    log_part = 15.0 + np.log(np.maximum(hz, 1000.0) / 1000.0) / (np.log(6.4) / 27.0)
+    return np.where(hz >= 1000.0, log_part, linear)
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    return np.where(mel >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (mel - 15.0)), mel * (200.0 / 3))
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    """(n_mels, n_fft // 2 + 1) triangular filters, area-normalised (Slaney).
+
+    Equal to `librosa.filters.mel(..., htk=False, norm="slaney")` (checked in the tests) but
+    without importing librosa, which alone costs ~2 s of a command-line script's start-up.
+    """
+    fft_freqs = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
+    widths = np.diff(edges)
+    rising = (fft_freqs[None, :] - edges[:-2, None]) / widths[:-1, None]
+    falling = (edges[2:, None] - fft_freqs[None, :]) / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(rising, falling))
+    weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    return weights.astype(np.float32)
+
+
 class FeatureExtractor(nn.Module):
     """(B, N) float waveforms -> (B, F, T) features, computed in float32 even under autocast."""
 
@@ -61,12 +91,8 @@ class FeatureExtractor(nn.Module):
         self.config = config
         self.register_buffer("window", torch.hann_window(config.win_length), persistent=False)
         if config.feature == "fbank":
-            import librosa  # mel filters only; imported lazily because librosa is slow to import
-
-            mel = librosa.filters.mel(
-                sr=config.sample_rate, n_fft=config.n_fft, n_mels=config.n_mels, fmin=20.0, fmax=config.sample_rate / 2
-            )
-            self.register_buffer("mel_filters", torch.from_numpy(mel).float(), persistent=False)
+            mel = mel_filterbank(config.sample_rate, config.n_fft, config.n_mels, 20.0, config.sample_rate / 2)
+            self.register_buffer("mel_filters", torch.from_numpy(mel), persistent=False)
         else:
             self.mel_filters = None
 

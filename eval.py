@@ -1,0 +1,528 @@
+"""Evaluate a speaker-verification model: EER, minDCF, TAR@FAR, optional AS-norm, DET plot.
+
+Usage:
+    # every unordered pair of different utterances of a list is a trial
+    python eval.py --list_path dataset/test_list.txt --model_path models/voiceprint_resnet34.pt
+    # an explicit VoxCeleb-style trials file: "<1|0> <audio a> <audio b>" per line
+    python eval.py --trials_path voxceleb1_test.txt
+    # adaptive score normalisation against a cohort (e.g. the training list), plus JSON and plots
+    python eval.py --cohort_list_path dataset/train_list.txt --json_path eval.json --plot_dir plots
+
+Whole recordings are embedded (long ones segment by segment). A file that cannot be decoded is skipped
+with a warning and counted; its pairs / trials are left out.
+
+The original's "best accuracy" threshold sweep (0.00 to 0.99, step 0.01) is printed next to the accuracy of
+always answering "different speaker": with all pairs, most trials are non-target, so accuracy says little.
+EER and minDCF are the numbers to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from utils.config import fail, print_arguments
+
+AS_NORM_MAX_UTTERANCES = 5000  # all-pairs AS-norm keeps every score: 5000 utterances = 12.5 M pairs (100 MB)
+PLOT_MAX_PAIRS = 2_000_000
+P_TARGETS = (0.01, 0.001)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Evaluate speaker verification (EER, minDCF, TAR@FAR) on a list or a trials file.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    # data
+    parser.add_argument(
+        "--list_path",
+        default="dataset/test_list.txt",
+        help="<audio path>\\t<label> list; every pair of different utterances is a trial (ignored with --trials_path)",
+    )
+    parser.add_argument(
+        "--trials_path",
+        default=None,
+        help="VoxCeleb-style trials '<1|0> <audio a> <audio b>'; paths as given or relative to the trials file",
+    )
+    # model
+    parser.add_argument("--model_path", default="models/voiceprint_resnet34.pt", help="inference model file")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--num_workers", type=int, default=2, help="audio decoding worker processes")
+    # score normalisation
+    parser.add_argument(
+        "--cohort_list_path",
+        default=None,
+        help="enable AS-norm with a cohort from this list (e.g. the training list; speakers should not be test speakers)",
+    )
+    parser.add_argument("--cohort_size", type=int, default=400, help="cohort files to embed (one per speaker first)")
+    parser.add_argument("--top_k", type=int, default=300, help="AS-norm: highest cohort scores used per side")
+    # output
+    parser.add_argument("--json_path", default=None, help="write the metrics here as JSON")
+    parser.add_argument("--plot_dir", default=None, help="write det_curve.png and score_histogram.png here")
+    return parser
+
+
+# trials
+
+
+def read_trials(path: str | os.PathLike) -> list[tuple[int, str, str]]:
+    """Read '<1|0> <audio a> <audio b>' lines; each path is used as given when it exists, else relative to the file."""
+    from utils.data import ListError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ListError(f"trials file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise ListError(f"trials file {path} is not UTF-8 text") from None
+    base = path.parent
+    resolved: dict[str, str] = {}
+
+    def resolve(name: str) -> str:
+        if name not in resolved:
+            candidate = base / name
+            use_base = not os.path.isabs(name) and not os.path.exists(name) and candidate.exists()
+            resolved[name] = str(candidate) if use_base else name
+        return resolved[name]
+
+    trials = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 3:
+            raise ListError(f"{path}:{number}: expected '<1|0> <audio a> <audio b>', found {len(fields)} fields")
+        if fields[0] not in ("0", "1"):
+            raise ListError(f"{path}:{number}: label {fields[0]!r} is not 1 (same speaker) or 0 (different)")
+        trials.append((int(fields[0]), resolve(fields[1]), resolve(fields[2])))
+    if not trials:
+        raise ListError(f"trials file {path} has no trials")
+    return trials
+
+
+# scores
+
+
+def pair_scores(emb: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 1_000_000) -> np.ndarray:
+    """Cosine scores of rows a[k] and b[k] of unit-length embeddings (vectorised, in chunks)."""
+    out = np.empty(len(a), dtype=np.float64)
+    for s in range(0, len(a), chunk):
+        out[s : s + chunk] = np.einsum("ij,ij->i", emb[a[s : s + chunk]], emb[b[s : s + chunk]], dtype=np.float64)
+    return out
+
+
+def upper_pair_scores(emb: np.ndarray, labels: np.ndarray, block_rows: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and same-speaker flags of every pair i < j, in row-major order (blocked matrix products)."""
+    n = len(emb)
+    scores, same = [], []
+    cols = np.arange(n)
+    for r0 in range(0, n, block_rows):
+        r1 = min(r0 + block_rows, n)
+        keep = cols[None, :] > np.arange(r0, r1)[:, None]
+        scores.append((emb[r0:r1] @ emb.T)[keep].astype(np.float64))
+        same.append((labels[r0:r1, None] == labels[None, :])[keep])
+    return np.concatenate(scores), np.concatenate(same)
+
+
+def sample_pair_scores(
+    emb: np.ndarray, labels: Sequence[int] | np.ndarray, max_pairs: int = PLOT_MAX_PAIRS, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and target flags of the unordered pairs i < j for plotting, at most about `max_pairs` of them.
+
+    Small sets give every pair. Larger ones are sampled deterministically and per class: every target pair
+    when there are at most max_pairs / 2 of them, else max_pairs / 2 drawn with replacement, and max_pairs / 2
+    non-target pairs drawn with replacement. That keeps each class's score density and FAR / FRR curve unbiased
+    even when targets are rare.
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    if n * (n - 1) // 2 <= max_pairs:
+        return upper_pair_scores(emb, labels)
+    rng = np.random.default_rng(seed)
+    half = max_pairs // 2
+    # target pairs: pick a speaker in proportion to its number of pairs, then two different utterances of it
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    members = np.argsort(inverse, kind="stable")
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    weights = counts * (counts - 1) / 2.0
+    parts_a, parts_b = [], []
+    if 0 < weights.sum() <= half:  # few enough target pairs: take every one of them (a loop over speakers)
+        for s, c in zip(starts, counts):
+            i, j = np.triu_indices(c, k=1)
+            parts_a.append(members[s + i])
+            parts_b.append(members[s + j])
+    elif weights.sum() > 0:
+        spk = rng.choice(len(counts), size=half, p=weights / weights.sum())
+        i = rng.integers(0, counts[spk])
+        j = rng.integers(0, counts[spk] - 1)
+        j = j + (j >= i)  # a different member
+        parts_a.append(members[starts[spk] + i])
+        parts_b.append(members[starts[spk] + j])
+    # non-target pairs: uniform pairs with different labels (rejection; fine unless nearly all pairs are targets)
+    got = 0
+    while got < half:
+        a = rng.integers(0, n, size=half)
+        b = rng.integers(0, n, size=half)
+        ok = labels[a] != labels[b]
+        a, b = a[ok][: half - got], b[ok][: half - got]
+        if not len(a):
+            break
+        parts_a.append(a)
+        parts_b.append(b)
+        got += len(a)
+    a, b = np.concatenate(parts_a), np.concatenate(parts_b)
+    return pair_scores(emb, a, b), labels[a] == labels[b]
+
+
+# AS-norm
+
+
+def cohort_items(items: Sequence[tuple[str, int]], size: int) -> list[tuple[str, int]]:
+    """Up to `size` items: one per speaker first (in label order), then second utterances, and so on."""
+    by_speaker: dict[int, list[str]] = {}
+    for path, label in items:
+        by_speaker.setdefault(label, []).append(path)
+    chosen: list[tuple[str, int]] = []
+    rank = 0
+    while len(chosen) < size:
+        added = False
+        for label in sorted(by_speaker):
+            if rank < len(by_speaker[label]) and len(chosen) < size:
+                chosen.append((by_speaker[label][rank], label))
+                added = True
+        if not added:
+            break
+        rank += 1
+    return chosen
+
+
+def speaker_means(emb: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Unit-length mean embedding of each speaker (the cohort: one row per speaker)."""
+    speakers, inverse = np.unique(labels, return_inverse=True)
+    sums = np.zeros((len(speakers), emb.shape[1]), dtype=np.float64)
+    np.add.at(sums, inverse, emb.astype(np.float64))
+    sums /= np.linalg.norm(sums, axis=1, keepdims=True) + 1e-12
+    return sums.astype(np.float32)
+
+
+def cohort_stats(cohort_scores: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row mean and std of the top_k highest cohort scores, exactly as utils.metrics.as_norm computes them."""
+    c = np.asarray(cohort_scores, dtype=np.float64)
+    k = min(top_k, c.shape[1])
+    top = np.partition(c, c.shape[1] - k, axis=1)[:, c.shape[1] - k :]
+    return top.mean(axis=1), np.maximum(top.std(axis=1), 1e-8)
+
+
+def as_norm_all_pairs(
+    emb: np.ndarray, labels: np.ndarray, cohort: np.ndarray, top_k: int, block_rows: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """AS-norm scores of every pair i < j (row-major) and their target flags.
+
+    Same formula as utils.metrics.as_norm, but each utterance's cohort statistics are computed once
+    instead of once per trial (n * C instead of n^2 * C work).
+    """
+    mu, sd = cohort_stats(emb @ cohort.T, top_k)
+    n = len(emb)
+    cols = np.arange(n)
+    scores, same = [], []
+    for r0 in range(0, n, block_rows):
+        r1 = min(r0 + block_rows, n)
+        keep = cols[None, :] > np.arange(r0, r1)[:, None]
+        s = (emb[r0:r1] @ emb.T).astype(np.float64)
+        z = 0.5 * ((s - mu[r0:r1, None]) / sd[r0:r1, None] + (s - mu[None, :]) / sd[None, :])
+        scores.append(z[keep])
+        same.append((labels[r0:r1, None] == labels[None, :])[keep])
+    return np.concatenate(scores), np.concatenate(same)
+
+
+def as_norm_trials(
+    emb: np.ndarray, a: np.ndarray, b: np.ndarray, raw: np.ndarray, cohort: np.ndarray, top_k: int
+) -> np.ndarray:
+    """utils.metrics.as_norm over explicit trials, in chunks so the per-trial cohort rows stay small."""
+    from utils.metrics import as_norm
+
+    file_cohort = emb @ cohort.T  # (files, C): each file's scores against the cohort, computed once
+    out = np.empty(len(raw), dtype=np.float64)
+    chunk = max(1, 50_000_000 // max(cohort.shape[0], 1) // 8)
+    for s in range(0, len(raw), chunk):
+        sl = slice(s, s + chunk)
+        out[sl] = as_norm(raw[sl], file_cohort[a[sl]], file_cohort[b[sl]], top_k=top_k)
+    return out
+
+
+# report
+
+
+def format_report(m: dict[str, Any], title: str) -> str:
+    pct = 100.0 * m["always_different_accuracy"]
+    lines = [
+        f"{title}",
+        f"  trials: {m['num_trials']:,} ({m['num_target']:,} target / {m['num_nontarget']:,} non-target)",
+        f"  EER: {100 * m['eer']:.2f}% (threshold {m['threshold']:.4f})",
+        f"  minDCF (p_target 0.01): {m['min_dcf']:.4f}",
+        f"  minDCF (p_target 0.001): {m['min_dcf_0.001']:.4f}",
+        f"  TAR at FAR 1%: {100 * m['tar_at_far_1pct']:.2f}%   TAR at FAR 0.1%: {100 * m['tar_at_far_0.1pct']:.2f}%",
+        f"  best accuracy (thresholds 0.00-0.99): {100 * m['best_accuracy']:.2f}% at {m['best_accuracy_threshold']:.2f}"
+        f"   vs always answering 'different': {pct:.2f}%",
+        f"  (accuracy is {'meaningless' if pct >= 90 else 'a weak measure'} here: {pct:.1f}% of trials are"
+        " non-target; compare EER and minDCF)",
+    ]
+    return "\n".join(lines)
+
+
+def save_plots(
+    plot_dir: str | os.PathLike,
+    curves: list[tuple[str, np.ndarray, np.ndarray, dict[str, Any]]],
+) -> list[str]:
+    """det_curve.png (all curves) and score_histogram.png (first curve; others get score_histogram_<name>.png)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.special import ndtri
+
+    from utils.checkpoint import atomic_write_bytes
+    from utils.metrics import det_curve
+
+    plot_dir = Path(plot_dir)
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def save(fig: Any, name: str) -> None:
+        import io
+
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=120)
+        plt.close(fig)
+        atomic_write_bytes(plot_dir / name, buffer.getvalue())
+        written.append(str(plot_dir / name))
+
+    # DET on normal-deviate axes
+    ticks = np.array([0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4])
+    lo, hi = 0.0005, 0.5
+    fig, ax = plt.subplots(figsize=(6, 6))
+    for name, scores, labels, m in curves:
+        far, frr, _ = det_curve(scores, labels)
+        x, y = ndtri(np.clip(far, lo, 1 - lo)), ndtri(np.clip(frr, lo, 1 - lo))  # zero rates sit on the edge
+        if len(x) > 20000:  # a million-point line draws slowly and looks the same thinned
+            keep = np.unique(np.linspace(0, len(x) - 1, 20000).astype(int))
+            x, y = x[keep], y[keep]
+        (line,) = ax.plot(x, y, label=f"{name}: EER {100 * m['eer']:.2f}%, minDCF {m['min_dcf']:.3f}")
+        e = ndtri(np.clip(m["eer"], lo, hi))
+        ax.plot([e], [e], "o", color=line.get_color(), markersize=7)
+    ax.plot(ndtri([lo, hi]), ndtri([lo, hi]), ":", color="grey", linewidth=0.8, label="FAR = FRR")
+    ax.set_xticks(ndtri(ticks), [f"{100 * t:g}" for t in ticks])
+    ax.set_yticks(ndtri(ticks), [f"{100 * t:g}" for t in ticks])
+    ax.set_xlim(ndtri(lo), ndtri(hi))
+    ax.set_ylim(ndtri(lo), ndtri(hi))
+    ax.set_xlabel("false acceptance rate (%)")
+    ax.set_ylabel("false rejection rate (%)")
+    ax.set_title("DET curve (dot: EER)")
+    ax.grid(True, linewidth=0.4)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    save(fig, "det_curve.png")
+
+    # score densities
+    for n, (name, scores, labels, m) in enumerate(curves):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        bins = np.linspace(scores.min(), scores.max(), 101)
+        classes = (
+            (~labels, "different speaker", m["num_nontarget"], "tab:blue"),
+            (labels, "same speaker", m["num_target"], "tab:red"),
+        )
+        for mask, label, total, colour in classes:
+            shown = int(mask.sum())
+            count = f"{total:,}" if shown == total else f"{total:,}, {shown:,} sampled"
+            ax.hist(scores[mask], bins=bins, density=True, alpha=0.5, color=colour, label=f"{label} ({count})")
+        ax.axvline(m["threshold"], color="black", linestyle="--", label=f"EER threshold {m['threshold']:.3f}")
+        ax.set_xlabel(f"{name} score")
+        ax.set_ylabel("density")
+        ax.set_title(f"{name} scores: EER {100 * m['eer']:.2f}%")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        save(fig, "score_histogram.png" if n == 0 else f"score_histogram_{name.replace(' ', '_').lower()}.png")
+    return written
+
+
+# main
+
+
+def _embed(embedder: Any, paths: list[str], num_workers: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of `paths` and a mask of the ones that decoded; each failure is one warning line."""
+    emb, errors = embedder.embed_files(paths, num_workers=num_workers, progress=True, skip_errors=True)
+    ok = np.array([e is None for e in errors], dtype=bool)
+    for error in errors:
+        if error is not None:
+            print(f"warning: skipped {what} file: {error}", file=sys.stderr)
+    return emb, ok
+
+
+def _metrics(fn: Any, *args: Any) -> dict[str, Any]:
+    try:
+        return fn(*args, p_targets=P_TARGETS)
+    except ValueError as exc:
+        fail(str(exc).splitlines()[0])
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    print_arguments(args)
+    try:
+        run(args)
+    except ValueError as exc:
+        from utils.audio import AudioError
+        from utils.checkpoint import CheckpointError
+        from utils.data import ListError
+
+        if not isinstance(exc, AudioError | ListError | CheckpointError):
+            raise
+        fail(str(exc))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    # arguments and inputs, checked before the slow imports (torch) and the model load
+    for flag, path in (
+        ("--trials_path" if args.trials_path else "--list_path", args.trials_path or args.list_path),
+        ("--cohort_list_path", args.cohort_list_path),
+        ("--model_path", args.model_path),
+    ):
+        if path and not Path(path).is_file():
+            what = {"--trials_path": "trials", "--list_path": "list", "--cohort_list_path": "cohort list"}
+            fail(f"{what.get(flag, 'model')} file not found: {path}")
+    from utils.data import read_list
+
+    if args.num_workers < 0:
+        fail("--num_workers must be 0 or more")
+    if args.cohort_size < 1 or args.top_k < 1:
+        fail("--cohort_size and --top_k must be at least 1")
+    if args.trials_path:
+        trials = read_trials(args.trials_path)
+    else:
+        items = read_list(args.list_path)
+        if len({label for _, label in items}) < 2:
+            fail(f"{args.list_path} has fewer than 2 speakers: no different-speaker trials")
+        if args.cohort_list_path and len(items) > AS_NORM_MAX_UTTERANCES:
+            fail(
+                f"AS-norm over all pairs keeps every score and is limited to {AS_NORM_MAX_UTTERANCES} utterances"
+                f" ({len(items)} in {args.list_path}): use --trials_path with a trials file instead"
+            )
+    cohort_list = cohort_items(read_list(args.cohort_list_path), args.cohort_size) if args.cohort_list_path else None
+
+    # model
+    from utils.embedder import Embedder
+
+    embedder = Embedder(args.model_path, device=args.device)
+    print(f"model: {args.model_path} on {embedder.device}, stored threshold {embedder.threshold}")
+
+    # embeddings
+    start = time.time()
+    result: dict[str, Any] = {"model_path": args.model_path}
+    if args.trials_path:
+        files = sorted({p for _, a, b in trials for p in (a, b)})
+        emb, ok = _embed(embedder, files, args.num_workers, "trial")
+        index = {p: i for i, p in enumerate(files)}
+        a = np.array([index[t[1]] for t in trials])
+        b = np.array([index[t[2]] for t in trials])
+        y = np.array([t[0] for t in trials], dtype=bool)
+        usable = ok[a] & ok[b]
+        if not usable.all():
+            print(f"warning: {int((~usable).sum())} trial(s) left out because a file failed", file=sys.stderr)
+        a, b, y = a[usable], b[usable], y[usable]
+        labels = None
+        result.update({"list_path": None, "trials_path": args.trials_path})
+    else:
+        files = [p for p, _ in items]
+        dupes = len(files) - len(set(files))
+        if dupes:
+            print(f"warning: {dupes} duplicate path(s) in {args.list_path}: they pair with themselves", file=sys.stderr)
+        emb, ok = _embed(embedder, files, args.num_workers, "list")
+        labels = np.array([label for _, label in items])[ok]
+        emb = emb[ok]
+        if len(np.unique(labels)) < 2:
+            fail("fewer than 2 speakers have a usable recording: no different-speaker trials")
+        result.update({"list_path": args.list_path, "trials_path": None, "num_speakers": int(len(np.unique(labels)))})
+    seconds = time.time() - start
+    skipped = int((~ok).sum())
+    print(f"embedded {int(ok.sum())} files in {seconds:.1f} s, skipped {skipped} that failed to decode")
+    result.update({"num_files": len(files), "num_skipped_files": skipped, "embedding_seconds": round(seconds, 2)})
+
+    # raw scores
+    from utils.metrics import all_pairs_metrics, trial_metrics
+
+    if args.trials_path:
+        if not len(y):
+            fail("no usable trials left")
+        raw = pair_scores(emb, a, b)
+        metrics = _metrics(trial_metrics, raw, y)
+        plot_raw = _thin(raw, y)
+    else:
+        metrics = _metrics(all_pairs_metrics, emb, labels)
+        plot_raw = None
+    result.update(metrics)
+    print(format_report(metrics, "cosine scores:"))
+
+    # AS-norm
+    plot_norm = None
+    if cohort_list is not None:
+        cohort_emb, cohort_ok = _embed(embedder, [p for p, _ in cohort_list], args.num_workers, "cohort")
+        if not cohort_ok.any():
+            fail(f"no usable cohort file in {args.cohort_list_path}")
+        cohort = speaker_means(cohort_emb[cohort_ok], np.array([label for _, label in cohort_list])[cohort_ok])
+        if args.trials_path:
+            norm = as_norm_trials(emb, a, b, raw, cohort, args.top_k)
+            norm_y = y
+        else:
+            norm, norm_y = as_norm_all_pairs(emb, labels, cohort, args.top_k)
+        norm_metrics = _metrics(trial_metrics, norm, norm_y)
+        norm_metrics.update(
+            {
+                "cohort_list_path": args.cohort_list_path,
+                "cohort_files": int(cohort_ok.sum()),
+                "cohort_speakers": int(len(cohort)),
+                "top_k": min(args.top_k, len(cohort)),
+            }
+        )
+        result["as_norm"] = norm_metrics
+        print(
+            format_report(norm_metrics, f"AS-norm scores ({len(cohort)} cohort speakers, top {norm_metrics['top_k']}):")
+        )
+        print("  (AS-norm scores are not cosines: the 0.00-0.99 accuracy sweep does not suit them)")
+        plot_norm = (norm, norm_y)
+
+    # outputs
+    if args.json_path:
+        from utils.checkpoint import atomic_write_text
+
+        atomic_write_text(args.json_path, json.dumps(result, indent=2) + "\n")
+        print(f"metrics written to {args.json_path}")
+    if args.plot_dir:
+        if plot_raw is None:  # all pairs: every score up to PLOT_MAX_PAIRS, else a per-class sample
+            plot_raw = sample_pair_scores(emb, labels)
+        curves = [("cosine", *plot_raw, metrics)]
+        if plot_norm is not None:
+            curves.append(("AS-norm", *_thin(*plot_norm), result["as_norm"]))
+        for path in save_plots(args.plot_dir, curves):
+            print(f"plot written to {path}")
+    return result
+
+
+def _thin(scores: np.ndarray, labels: np.ndarray, max_pairs: int = PLOT_MAX_PAIRS) -> tuple[np.ndarray, np.ndarray]:
+    """At most max_pairs of explicit trials for plotting (deterministic)."""
+    if len(scores) <= max_pairs:
+        return scores, labels
+    keep = np.sort(np.random.default_rng(0).choice(len(scores), size=max_pairs, replace=False))
+    return scores[keep], labels[keep]
+
+
+if __name__ == "__main__":
+    main()

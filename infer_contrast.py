@@ -1,0 +1,94 @@
+"""Compare two recordings: are they the same person?
+
+Usage:
+    python infer_contrast.py --audio_path1=audio/a_1.wav --audio_path2=audio/a_2.wav
+    python infer_contrast.py --audio_path1=audio/a_1.wav --audio_path2=audio/b_2.wav --threshold 0.4 --json_path out.json
+
+Both whole recordings are embedded; the score is their cosine similarity. They are called the same person
+when score >= threshold; the default threshold is the EER threshold stored in the model file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+from utils.config import fail, print_arguments
+
+FALLBACK_THRESHOLD = 0.5
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Decide whether two recordings are the same speaker.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    # data
+    parser.add_argument("--audio_path1", default="audio/a_1.wav", help="first recording")
+    parser.add_argument("--audio_path2", default="audio/b_2.wav", help="second recording")
+    # model
+    parser.add_argument("--model_path", default="models/voiceprint_resnet34.pt", help="inference model file")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help=f"same person when similarity >= threshold (default: the model's stored threshold, else {FALLBACK_THRESHOLD})",
+    )
+    # output
+    parser.add_argument("--json_path", default=None, help="also write the result here as JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    print_arguments(args)
+    # torch is not imported yet: check the cheap things first so a typo fails in well under a second
+    from utils.audio import AudioError, audio_info
+
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        fail(f"--threshold must be a finite number, got {args.threshold}")
+    try:
+        audio_info(args.audio_path1)
+        audio_info(args.audio_path2)
+    except AudioError as exc:
+        fail(str(exc))
+
+    # model
+    from utils.checkpoint import CheckpointError
+    from utils.embedder import Embedder
+
+    try:
+        embedder = Embedder(args.model_path, device=args.device)
+        threshold = args.threshold
+        if threshold is None:
+            threshold = embedder.threshold
+            if threshold is None:
+                threshold = FALLBACK_THRESHOLD
+                print(f"note: {args.model_path} stores no threshold; using {FALLBACK_THRESHOLD} (set --threshold)")
+        # compare
+        emb1 = embedder.embed_file(args.audio_path1)
+        emb2 = embedder.embed_file(args.audio_path2)
+    except (AudioError, CheckpointError) as exc:
+        fail(str(exc))
+    score = float(emb1 @ emb2)  # both are unit length
+    same = score >= threshold
+    verdict = "are the same person" if same else "are not the same person"
+    print(f"{args.audio_path1} and {args.audio_path2} {verdict}, similarity: {score:.4f} (threshold {threshold:.3f})")
+
+    if args.json_path:
+        from utils.checkpoint import atomic_write_text
+
+        result = {
+            "score": score,
+            "threshold": float(threshold),
+            "same_speaker": bool(same),
+            "audio_path1": args.audio_path1,
+            "audio_path2": args.audio_path2,
+        }
+        atomic_write_text(args.json_path, json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
