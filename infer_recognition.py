@@ -37,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     # library and model
     parser.add_argument("--audio_db", default="audio_db", help="library folder: <name>/*.wav (or <name>.wav)")
     parser.add_argument(
-        "--threshold", type=float, default=None, help="similarity needed to accept a speaker (default: the model's 1:N recognition threshold)"
+        "--threshold",
+        type=float,
+        default=None,
+        help="similarity needed to accept a speaker (default: the model's 1:N recognition threshold)",
     )
     parser.add_argument("--model_path", default="models/voiceprint_resnet34.pt", help="inference model file")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
