@@ -255,7 +255,15 @@ def main(argv: list[str] | None = None) -> None:
         fail(str(exc))
     unused = num_speakers - len({label for _, label in train_items})
     if unused and is_main:
-        print(f"warning: {unused} of labels 0..{num_speakers - 1} have no utterance in {args.train_list_path}")
+        print(
+            f"warning: {unused} of labels 0..{num_speakers - 1} have no utterance in {args.train_list_path}",
+            file=sys.stderr,
+        )
+    missing = sum(not os.path.isfile(path) for path, _ in train_items)
+    if missing == len(train_items):
+        fail(f"none of the {missing} files in {args.train_list_path} exist (run from the folder the list expects?)")
+    if missing and is_main:
+        print(f"warning: {missing} of {len(train_items)} files in {args.train_list_path} do not exist", file=sys.stderr)
     crop = CropConfig(seconds=args.crop_seconds, speed_perturb=args.speed_perturb, reverse_prob=args.reverse_prob)
     dataset = TrainDataset(train_items, num_speakers, crop, augmenter, seed=args.seed, cache_audio=args.cache_audio)
     if args.cache_audio:

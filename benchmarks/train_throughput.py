@@ -99,7 +99,9 @@ def main() -> None:
                 print(f"{label:45s} batch {batch_size:4d} amp {'on ' if amp else 'off'} "
                       f"{rate:9.1f} samples/s  x{ratio:6.2f} vs original", flush=True)  # fmt: skip
     if args.json_path:
-        Path(args.json_path).write_text(json.dumps({"device": name, "rows": rows}, indent=2))
+        from utils.checkpoint import atomic_write_text
+
+        atomic_write_text(args.json_path, json.dumps({"device": name, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -56,8 +56,6 @@ ALLOWED_WRITES = {
     "session; rerun it if interrupted",
     ("scripts/prepare_gpu_bundle.py", "main", "shutil.copytree"): "same throw-away GPU data bundle",
     ("benchmarks/server_load.py", "start", "open(w)"): "the benchmark's server log (stdout of a child process)",
-    # reported to the lead: should be atomic_write_text like the other benchmarks; drop this entry once it is
-    ("benchmarks/train_throughput.py", "main", "write_text"): "benchmark results, recomputed by rerunning it",
 }
 
 
