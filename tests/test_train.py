@@ -112,3 +112,18 @@ def test_bad_inputs_fail_in_one_line(tmp_path: Path):
     config.write_text("batch_sise: 3\n")
     result = run(["train.py", "--config", str(config)])
     assert result.returncode == 2 and "unknown key(s)" in result.stderr
+
+
+def test_pretrained_model_initialises_the_backbone(lists: Path, tmp_path: Path):
+    base = ["train.py", "--train_list_path", str(lists / "train_list.txt"), "--test_list_path", "", "--max_steps", "1",
+            "--epoch_size", "8", *TINY]  # fmt: skip
+    first = run([*base, "--save_model", str(tmp_path / "first")])
+    assert first.returncode == 0, first.stderr[-2000:]
+    # a different embedding size: the last layers cannot be copied and must be reported as skipped
+    second = run([*base, "--save_model", str(tmp_path / "second"), "--pretrained_model",
+                  str(tmp_path / "first" / "inference.pt"), "--embedding_dim", "16"])  # fmt: skip
+    assert second.returncode == 0, second.stderr[-2000:]
+    line = next(x for x in second.stdout.splitlines() if x.startswith("pretrained: loaded"))
+    assert "fc.weight" in line and "bn_out.weight" in line
+    loaded = int(line.split("loaded ")[1].split(" ")[0])
+    assert loaded > 50
