@@ -5,7 +5,7 @@ Usage:
     python infer_server.py --host 0.0.0.0 --port 8080 --audio_db audio_db --threshold 0.35
 
     open http://127.0.0.1:8000/       the microphone page (register, recognise, compare)
-    open http://127.0.0.1:8000/docs   the API (Swagger UI, its script comes from a CDN; /openapi.json is local)
+    open http://127.0.0.1:8000/docs   the API (Swagger UI, served locally)
 
     curl -F file1=@audio/a_1.wav -F file2=@audio/a_2.wav http://127.0.0.1:8000/contrast
     curl -F name=alice -F files=@audio/a_1.wav http://127.0.0.1:8000/register     # files= may repeat
@@ -240,6 +240,15 @@ async def _send_413(send: Callable, detail: str) -> None:
 # the app
 
 
+def _swagger_ui_assets() -> str | None:
+    """Swagger UI's files from the swagger-ui-bundle package, so /docs works offline (no CDN)."""
+    try:
+        import swagger_ui_bundle
+    except ImportError:
+        return None
+    return str(swagger_ui_bundle.swagger_ui_path)
+
+
 def create_app(
     embedder: Any,
     db: Any,
@@ -282,7 +291,9 @@ def create_app(
             raise HTTPException(413, f"audio file {name} is larger than {max_upload_mb:g} MB (--max_upload_mb)")
         return decode_audio_bytes(data, name, max_seconds, min_seconds=min_seconds)
 
+    docs_assets = _swagger_ui_assets()
     app = FastAPI(
+        docs_url=None if docs_assets else "/docs",  # served below from local files when they are installed
         title="voiceprint",
         summary="Speaker recognition: compare two voices, register speakers, recognise who is speaking.",
         description=(
@@ -291,6 +302,20 @@ def create_app(
         ),
     )
     app.add_middleware(_BodyLimit, limit_for=lambda path: _request_limit(path, max_upload_mb))
+    if docs_assets:
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        app.mount("/docs-assets", StaticFiles(directory=docs_assets), name="docs-assets")
+
+        @app.get("/docs", include_in_schema=False)
+        def docs() -> Any:
+            return get_swagger_ui_html(
+                openapi_url="/openapi.json",
+                title="voiceprint API",
+                swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                swagger_css_url="/docs-assets/swagger-ui.css",
+                swagger_favicon_url="/docs-assets/favicon-32x32.png",
+            )
 
     # errors: always JSON {"detail": "<one line>"}, never a 500 for bad input
 

@@ -135,7 +135,11 @@ def test_health_page_and_docs(client) -> None:
     assert "https://" not in page.text  # no CDN: the page works offline
     script = client.get("/static/app.js")
     assert script.status_code == 200 and "getUserMedia" in script.text and "https://" not in script.text
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    # Swagger UI is served by the app itself (works offline, no CDN)
+    assert "/docs-assets/swagger-ui-bundle.js" in docs.text and "cdn" not in docs.text.lower()
+    assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/contrast", "/register", "/recognize", "/speakers", "/speakers/{name}", "/health"} <= set(paths)
     assert set(paths["/speakers/{name}"]) == {"delete"}
