@@ -75,15 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def read_trials(path: str | os.PathLike) -> list[tuple[int, str, str]]:
     """Read '<1|0> <audio a> <audio b>' lines; each path is used as given when it exists, else relative to the file."""
-    from utils.data import ListError
+    from utils.data import ListError, read_text_file
 
     path = Path(path)
-    if not path.is_file():
-        raise ListError(f"trials file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise ListError(f"trials file {path} is not UTF-8 text") from None
+    text = read_text_file(path, "trials")
     base = path.parent
     resolved: dict[str, str] = {}
 

@@ -22,6 +22,16 @@ class ListError(ValueError):
 # list files
 
 
+def read_text_file(path: Path, what: str) -> str:
+    """A UTF-8 text file (BOM allowed) or a one-line ListError naming `what` ("list", "trials")."""
+    if not path.is_file():
+        raise ListError(f"{what} file not found: {path}")
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise ListError(f"{what} file {path} is not UTF-8 text") from None
+
+
 def read_list(path: str | os.PathLike, base_dir: str | os.PathLike | None = None) -> list[tuple[str, int]]:
     """Read `<audio path>\\t<integer label>` lines.
 
@@ -30,12 +40,7 @@ def read_list(path: str | os.PathLike, base_dir: str | os.PathLike | None = None
     original did) unless `base_dir` is set.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ListError(f"list file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise ListError(f"list file {path} is not UTF-8 text") from None
+    text = read_text_file(path, "list")
     items: list[tuple[str, int]] = []
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip("\r\n")

@@ -13,7 +13,8 @@ segment and averaged, so memory stays bounded for hour-long files.
 `model_path` may also be a `.onnx` file written by export_onnx.py (needs
 onnxruntime): the features are still computed by utils.features from the
 config stored in the ONNX metadata, and only the backbone runs in ONNX Runtime
-(CPU), typically 2-3x faster than PyTorch eager on CPU.
+(CPU provider, as many threads as torch), faster than PyTorch eager on CPU
+(benchmarks/README.md).
 """
 
 from __future__ import annotations

@@ -34,8 +34,8 @@ __all__ = [
 # validation
 
 
-def _check_trials(scores, labels) -> tuple[np.ndarray, np.ndarray]:
-    """Return (float64 scores, bool labels) as 1-D arrays; raise ValueError on malformed or one-class input."""
+def _as_trials(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+    """(float64 scores, bool labels) as 1-D arrays of equal length; ValueError on malformed input."""
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels)
     if s.ndim != 1 or y.ndim != 1:
@@ -48,6 +48,12 @@ def _check_trials(scores, labels) -> tuple[np.ndarray, np.ndarray]:
         if y.size and not np.all((y == 0) | (y == 1)):
             raise ValueError("labels must be 0 (non-target) or 1 (target)")
         y = y == 1
+    return s, y
+
+
+def _check_trials(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Like `_as_trials`, and both classes must be present."""
+    s, y = _as_trials(scores, labels)
     _check_classes(int(y.sum()), int(y.size - y.sum()))
     return s, y
 
@@ -291,16 +297,7 @@ class ScoreHistogram:
 
     def add(self, scores, labels) -> None:
         """Accumulate a batch of trials (labels 1 target, 0 non-target). Either class may be absent in a batch."""
-        s = np.asarray(scores, dtype=np.float64)
-        y = np.asarray(labels)
-        if s.ndim != 1 or s.shape != y.shape:
-            raise ValueError(f"scores and labels must be 1-D of equal length, got {s.shape} and {y.shape}")
-        if not np.all(np.isfinite(s)):
-            raise ValueError("scores contain NaN or infinite values")
-        if y.dtype != bool:
-            if y.size and not np.all((y == 0) | (y == 1)):
-                raise ValueError("labels must be 0 (non-target) or 1 (target)")
-            y = y == 1
+        s, y = _as_trials(scores, labels)
         idx = self.bin_index(s)
         self.target_counts += np.bincount(idx[y], minlength=self.n_bins)
         self.nontarget_counts += np.bincount(idx[~y], minlength=self.n_bins)
