@@ -51,7 +51,7 @@ ALLOWED_WRITES = {
     ("train.py", "append_log", "open(a)"): "train_log.csv: one row appended per epoch; a crash can at worst cut the "
     "row being written, while rewriting the whole file atomically each epoch would gain nothing",
     ("utils/speaker_db.py", "_open_lock", "os.open(w)"): "the library's .lock file for flock: it never holds data",
-    ("utils/record.py", "_quiet_stderr", "os.open(w)"): "opens /dev/null to hide PortAudio's stderr noise",
+    ("utils/audio.py", "quiet_c_stderr", "os.open(w)"): "opens /dev/null to hide C libraries' stderr noise",
     ("scripts/prepare_gpu_bundle.py", "main", "sf.write"): "builds a throw-away copy of ../shared/data for a GPU "
     "session; rerun it if interrupted",
     ("scripts/prepare_gpu_bundle.py", "main", "shutil.copytree"): "same throw-away GPU data bundle",

@@ -7,8 +7,10 @@ as is (no traceback).
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from math import gcd
 from pathlib import Path
 
@@ -25,6 +27,25 @@ class AudioError(ValueError):
 
 
 # loading
+
+
+@contextlib.contextmanager
+def quiet_c_stderr() -> Iterator[None]:
+    """Point fd 2 at /dev/null (C libraries' chatter: ALSA, libmpg123 seek warnings), then restore it."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (closed, or stderr replaced): nothing to hide
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def audio_info(path: str | os.PathLike) -> tuple[int, int]:

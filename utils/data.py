@@ -11,7 +11,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.audio import SAMPLE_RATE, AudioError, Augmenter, audio_info, load_audio, random_crop, speed_perturb
+from utils.audio import (
+    SAMPLE_RATE,
+    AudioError,
+    Augmenter,
+    audio_info,
+    load_audio,
+    quiet_c_stderr,
+    random_crop,
+    speed_perturb,
+)
 from utils.checkpoint import atomic_write_text
 
 
@@ -154,7 +163,12 @@ class TrainDataset(torch.utils.data.Dataset):
         frames, rate = self._info[index]
         total = frames / rate
         start = float(rng.uniform(0.0, max(total - seconds, 0.0)))
-        wav = load_audio(path, start_seconds=start, max_seconds=seconds + 0.05)
+        if start > 0 and path.lower().endswith(".mp3") and torch.utils.data.get_worker_info() is not None:
+            # seeking into an MP3 makes libmpg123 print harmless warnings on fd 2; silence them in loader workers
+            with quiet_c_stderr():
+                wav = load_audio(path, start_seconds=start, max_seconds=seconds + 0.05)
+        else:
+            wav = load_audio(path, start_seconds=start, max_seconds=seconds + 0.05)
         return random_crop(wav, int(round(seconds * SAMPLE_RATE)), rng)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:

@@ -16,14 +16,12 @@ milliseconds is silenced too.)
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+
+from utils.audio import quiet_c_stderr
 
 SAMPLE_RATE = 16000
 FILE_MODE_HINT = "use --register NAME --audio_path FILE or --recognize FILE instead"
@@ -34,25 +32,6 @@ STALL_SECONDS = 5.0  # a device that delivers nothing for this long past the exp
 
 class MicrophoneError(RuntimeError):
     """Recording is impossible here; the message is one line for the user."""
-
-
-@contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """Point fd 2 at /dev/null (C-level ALSA/JACK chatter), then restore it, even on errors."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no usable fd 2 (closed, or stderr replaced): nothing to hide
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def _import_pyaudio() -> Any:
@@ -67,7 +46,7 @@ def _import_pyaudio() -> Any:
 
 def _open_pyaudio(pyaudio: Any) -> Any:
     try:
-        with _quiet_stderr():
+        with quiet_c_stderr():
             return pyaudio.PyAudio()
     except OSError as exc:  # Pa_Initialize failed: no usable host audio system at all
         raise MicrophoneError(f"cannot start the audio system ({_short(exc)}); {FILE_MODE_HINT}") from None
@@ -76,7 +55,7 @@ def _open_pyaudio(pyaudio: Any) -> Any:
 def _default_input(pa: Any) -> dict[str, Any] | None:
     """PortAudio's default input device, or None when there is none."""
     try:
-        with _quiet_stderr():
+        with quiet_c_stderr():
             info = pa.get_default_input_device_info()
     except (OSError, ValueError):
         return None
@@ -84,7 +63,7 @@ def _default_input(pa: Any) -> dict[str, Any] | None:
 
 
 def _terminate(pa: Any) -> None:
-    with _quiet_stderr():
+    with quiet_c_stderr():
         pa.terminate()
 
 
@@ -148,7 +127,7 @@ def _record_from(pa: Any, pyaudio: Any, info: dict[str, Any], seconds: float, sa
     for rate, channels in candidates:
         state["needed"] = int(round(seconds * rate))
         try:
-            with _quiet_stderr():
+            with quiet_c_stderr():
                 stream = pa.open(
                     format=pyaudio.paInt16,
                     channels=channels,
@@ -170,7 +149,7 @@ def _record_from(pa: Any, pyaudio: Any, info: dict[str, Any], seconds: float, sa
         if not done.wait(seconds + STALL_SECONDS):
             raise MicrophoneError(f"the microphone delivered no audio for {seconds:g} s; {FILE_MODE_HINT}")
     finally:
-        with _quiet_stderr():
+        with quiet_c_stderr():
             try:
                 stream.stop_stream()
             except OSError:
