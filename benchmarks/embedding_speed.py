@@ -2,7 +2,7 @@
 
 Usage:
     python benchmarks/embedding_speed.py                      # 5 s and 30 s clips, 1 thread and all threads
-    python benchmarks/embedding_speed.py --quick              # 5 s clip only, fewer repeats
+    python benchmarks/embedding_speed.py --quick              # 5 s clip, 1 thread, fewer repeats
     python benchmarks/embedding_speed.py --json_path out.json # rows for benchmarks/run_all.py
 
 Real-time factor (RTF) = processing seconds / audio seconds (lower is faster); every
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--clip_seconds", type=float, nargs="+", default=[5.0, 30.0])
     add("--threads", nargs="+", default=["1", "all"], help="thread counts to test ('all' = every core)")
     add("--repeats", type=int, default=5, help="timed rounds per engine (median reported)")
-    add("--quick", action="store_true", help="5 s clip only, 3 rounds")
+    add("--quick", action="store_true", help="5 s clip, 1 thread, 3 rounds")
     add("--skip_original", action="store_true", help="skip the (slow) original configuration")
     add("--skip_resemblyzer", action="store_true")
     add("--skip_features", action="store_true")
@@ -336,6 +336,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     if args.quick:
         args.clip_seconds = [s for s in args.clip_seconds if s <= 10] or [5.0]
+        args.threads = ["1"]
         args.repeats = min(args.repeats, 3)
     print_arguments(args)
     result: dict[str, Any] = {"benchmark": "embedding_speed", "rows": [], "detail": {}}
