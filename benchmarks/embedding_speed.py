@@ -35,6 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from summary import row  # benchmarks/summary.py (the script folder is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("VOICEPRINT_SHARED_DATA", ROOT.parent / "shared" / "data"))
 DEV_CLEAN = SHARED_DATA / "librispeech" / "dev-clean"
@@ -76,16 +78,6 @@ def thread_counts(values: list[str]) -> list[int]:
     cores = os.cpu_count() or 1
     counts = [cores if v == "all" else int(v) for v in values]
     return list(dict.fromkeys(c for c in counts if c >= 1))
-
-
-def row(what: str, ours: float, baseline: float, unit: str, ours_name: str, baseline_name: str) -> dict[str, Any]:
-    """One summary row; ratio = baseline / ours (times faster), for time-like units."""
-    return {
-        "what": what,
-        "ours": f"{ours:.4g} {unit}" + (f" ({ours_name})" if ours_name else ""),
-        "baseline": f"{baseline:.4g} {unit} ({baseline_name})",
-        "ratio": baseline / ours if ours > 0 else float("nan"),
-    }
 
 
 # clips

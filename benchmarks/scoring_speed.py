@@ -39,6 +39,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from summary import row  # benchmarks/summary.py (the script folder is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 DIM = 256
 NOISE_SIGMA, NOISE_SPREAD = 1.7, 0.3  # per-utterance noise: all-pairs EER ~5%, like the bundled model on dev-clean
@@ -58,15 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
     add("--skip_faiss", action="store_true")
     add("--json_path", default=None, help="write the summary rows here (for run_all.py)")
     return p
-
-
-def row(what: str, ours: float, baseline: float, unit: str, ours_name: str, baseline_name: str) -> dict[str, Any]:
-    return {
-        "what": what,
-        "ours": f"{ours:.4g} {unit}" + (f" ({ours_name})" if ours_name else ""),
-        "baseline": f"{baseline:.4g} {unit} ({baseline_name})",
-        "ratio": baseline / ours if ours > 0 else float("nan"),
-    }
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
