@@ -40,7 +40,7 @@ from typing import NamedTuple
 import numpy as np
 import soundfile as sf
 
-from utils.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioError, audio_info, load_audio
+from utils.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioError, audio_info, format_short_seconds, load_audio
 from utils.config import fail, print_arguments, save_arguments
 
 FORMATS = ("zhvoice", "folder", "flat")
@@ -360,9 +360,8 @@ def check_file(task: Task) -> Result:
         return Result(task.index, "undecodable", f"{type(exc).__name__}: {exc}", 0.0, path, None, "")
     seconds = len(wav) / rate
     if seconds < task.min_seconds:
-        return Result(
-            task.index, "too short", f"{seconds:.3f} s (need at least {task.min_seconds:g} s)", seconds, path, None, ""
-        )
+        detail = f"{format_short_seconds(seconds)} s (need at least {task.min_seconds:g} s)"
+        return Result(task.index, "too short", detail, seconds, path, None, "")
     if float(np.max(np.abs(wav))) < SILENCE_PEAK:
         return Result(task.index, "silent", f"peak below {SILENCE_PEAK:g}", seconds, path, None, "")
     if task.target is None:

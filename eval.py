@@ -448,7 +448,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result.update({"list_path": args.list_path, "trials_path": None, "num_speakers": int(len(np.unique(labels)))})
     seconds = time.time() - start
     skipped = int((~ok).sum())
-    print(f"embedded {int(ok.sum())} files in {seconds:.1f} s, skipped {skipped} that failed to decode")
+    print(
+        f"embedded {int(ok.sum())} files in {seconds:.1f} s, skipped {skipped} unusable (reasons in the warnings above)"
+    )
     result.update({"num_files": len(files), "num_skipped_files": skipped, "embedding_seconds": round(seconds, 2)})
 
     # raw scores

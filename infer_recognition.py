@@ -128,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check_files(paths: list[str], min_seconds: float = 0.0) -> None:
     """Missing, undecodable or too-short files fail before the model loads (seconds, not a torch start-up)."""
-    from utils.audio import AudioError, audio_info
+    from utils.audio import AudioError, audio_info, format_short_seconds
 
     for path in paths:
         if Path(path).is_dir():
@@ -136,7 +136,9 @@ def _check_files(paths: list[str], min_seconds: float = 0.0) -> None:
         frames, rate = audio_info(path)
         seconds = frames / rate if rate else 0.0
         if seconds < min_seconds:
-            raise AudioError(f"{path} is too short: {seconds:.2f} s (need at least {min_seconds:g} s to register)")
+            raise AudioError(
+                f"{path} is too short: {format_short_seconds(seconds)} s (need at least {min_seconds:g} s to register)"
+            )
 
 
 def _check_microphone() -> None:

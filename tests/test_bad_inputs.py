@@ -381,7 +381,7 @@ AUDIO_ROWS = [
     AudioRow("truncated WAV header", make_truncated_header, "cannot decode audio file", "undecodable"),
     AudioRow("zero samples (valid header)", make_zero_samples, "has no samples", "empty"),
     AudioRow("all-zero (silent)", make_silent, "is silent", "silent"),
-    AudioRow("shorter than 0.3 s", make_short, "is too short: 0.20 s", "too short"),
+    AudioRow("shorter than 0.3 s", make_short, "is too short: 0.200 s", "too short"),
     AudioRow("NaN samples (float WAV)", make_nan, "contains NaN or infinite samples", "non-finite"),
     AudioRow("inf samples (float WAV)", make_inf, "contains NaN or infinite samples", "non-finite"),
     AudioRow("header claims 1 Hz", make_one_hz, "implausible sample rate of 1 Hz", "undecodable"),
@@ -639,7 +639,7 @@ def test_eval_list_missing_file_is_skipped_and_counted(
     assert outcome.code == 0 and "Traceback" not in outcome.err, outcome.err[-2000:]
     warning = [w for w in outcome.warnings() if str(gone) in w]
     assert warning == [f"warning: skipped list file: audio file not found: {gone}"]
-    assert "embedded 4 files" in outcome.out and "skipped 1 that failed to decode" in outcome.out
+    assert "embedded 4 files" in outcome.out and "skipped 1 unusable" in outcome.out
     record("eval list", "a listed path no longer exists", "eval.py --list_path X", warning[0], tmp_path)
 
 

@@ -113,7 +113,7 @@ def test_decode_audio_bytes_formats_and_messages(shared_data: Path) -> None:
         decode_audio_bytes(b"not audio at all" * 10, "junk.bin")
     with pytest.raises(AudioError, match=r"empty \(0 bytes\): e.wav"):
         decode_audio_bytes(b"", "e.wav")
-    with pytest.raises(AudioError, match=r"short.wav is too short: 0.10 s"):
+    with pytest.raises(AudioError, match=r"short.wav is too short: 0.100 s"):
         decode_audio_bytes(_wav_bytes(wav[:1600]), "short.wav")
     with pytest.raises(AudioError, match="silent"):
         decode_audio_bytes(_wav_bytes(np.zeros(16000, np.float32)), "quiet.wav")

@@ -146,13 +146,18 @@ def _short(exc: BaseException) -> str:
 # checks
 
 
+def format_short_seconds(seconds: float) -> str:
+    """Milliseconds, rounded down, so a clip just under a limit never reads as the limit (0.2996 -> 0.299)."""
+    return f"{int(seconds * 1000) / 1000:.3f}"
+
+
 def check_speech(
     wav: np.ndarray, sample_rate: int = SAMPLE_RATE, min_seconds: float = 0.3, name: str = "audio"
 ) -> None:
     """Raise AudioError when a recording is too short or silent to carry a voiceprint."""
     seconds = len(wav) / sample_rate
     if seconds < min_seconds:
-        raise AudioError(f"{name} is too short: {seconds:.2f} s (need at least {min_seconds:g} s)")
+        raise AudioError(f"{name} is too short: {format_short_seconds(seconds)} s (need at least {min_seconds:g} s)")
     if float(np.max(np.abs(wav))) < 1e-4:
         raise AudioError(f"{name} is silent (all samples are near zero)")
 
