@@ -165,9 +165,13 @@ def _write_json(path: str | None, obj: Any) -> None:
 # file mode
 
 
+def _recordings(count: int) -> str:
+    return f"{count} recording" if count == 1 else f"{count} recordings"
+
+
 def _register(db: Any, args: argparse.Namespace) -> int:
     count = db.register(args.register, args.audio_path)
-    print(f"Registered {args.register.strip()}: {count} recordings ({len(args.audio_path)} new).")
+    print(f"Registered {args.register.strip()}: {_recordings(count)} ({len(args.audio_path)} new).")
     _write_json(args.json_path, {"name": args.register.strip(), "recordings": count})
     return 0
 
@@ -186,7 +190,7 @@ def _list(db: Any, args: argparse.Namespace) -> int:
     counts = db.counts()
     print(f"library {args.audio_db}: {len(counts)} speakers")
     for name, count in counts.items():
-        print(f"{name}: {count} recordings")
+        print(f"{name}: {_recordings(count)}")
     _write_json(args.json_path, {"speakers": counts})
     return 0
 
@@ -235,7 +239,7 @@ def _interactive(db: Any, args: argparse.Namespace) -> int:
                 if choice == "0":
                     name = input("Name: ")
                     count = db.register(name, [wav])
-                    print(f"Registered {name.strip()}: {count} recordings.")
+                    print(f"Registered {name.strip()}: {_recordings(count)}.")
                 elif len(db) == 0:
                     print("No speakers registered yet: choose 0 to register someone first.")
                 else:

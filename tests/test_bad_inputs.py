@@ -917,7 +917,7 @@ def test_library_good_names_work(
                                              "--model_path", str(MODEL), "--device", "cpu"], capsys)  # fmt: skip
     assert outcome.code == 0 and "Traceback" not in outcome.err, outcome.err[-2000:]
     line = outcome.out.strip().splitlines()[-1]
-    assert line == f"Registered {name}: 1 recordings (1 new)."
+    assert line == f"Registered {name}: 1 recording (1 new)."
     assert len(list((db / name).glob("*.wav"))) == 1
     record("library", f"ordinary name: {name!r}", "infer_recognition.py --register NAME --audio_path F", line)
 

@@ -147,7 +147,7 @@ def test_interactive_microphone_register_then_recognise(library: Path, tmp_path:
     for spk in ENROLLED:
         assert f"Loaded {spk} audio." in out
     assert "0 new recordings embedded" in out
-    assert "Registered newcomer: 1 recordings." in out
+    assert "Registered newcomer: 1 recording." in out
     recognised = [line for line in out.splitlines() if "Recognised: " in line or "Unknown speaker" in line]
     assert len(recognised) == 1 and "Recognised: newcomer, similarity:" in recognised[0], out[-1500:]
     assert len(list((db / "newcomer").glob("*.wav"))) == 1
