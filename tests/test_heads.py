@@ -24,7 +24,7 @@ def test_contract_and_learning(name):
         loss.backward()
         optimiser.step()
     assert loss.dim() == 0 and 0.0 <= float(acc) <= 1.0
-    assert float(loss) < first
+    assert loss.item() < first
     assert float(acc) > 0.9
 
 
@@ -36,7 +36,7 @@ def test_arcface_adds_the_angular_margin():
     emb = torch.tensor([[math.cos(theta), math.sin(theta)]])
     cosine = head.cosine(emb)
     target = head.margin_logits(cosine, torch.tensor([0]))
-    assert float(target[0, 0]) == pytest.approx(math.cos(theta + 0.2), abs=1e-5)
+    assert target[0, 0].item() == pytest.approx(math.cos(theta + 0.2), abs=1e-5)
 
 
 def test_margin_warmup():
