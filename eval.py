@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from utils.config import fail, print_arguments
+from utils.config import check_output_dir, check_output_file, fail, print_arguments
 
 AS_NORM_MAX_UTTERANCES = 5000  # all-pairs AS-norm keeps every score: 5000 utterances = 12.5 M pairs (100 MB)
 PLOT_MAX_PAIRS = 2_000_000
@@ -265,7 +265,8 @@ def format_report(m: dict[str, Any], title: str) -> str:
         f"  EER: {100 * m['eer']:.2f}% (threshold {m['threshold']:.4f})",
         f"  minDCF (p_target 0.01): {m['min_dcf']:.4f}",
         f"  minDCF (p_target 0.001): {m['min_dcf_0.001']:.4f}",
-        f"  TAR at FAR 1%: {100 * m['tar_at_far_1pct']:.2f}%   TAR at FAR 0.1%: {100 * m['tar_at_far_0.1pct']:.2f}%",
+        f"  TAR at FAR 1%: {100 * m['tar_at_far_1pct']:.2f}% (threshold {m['threshold_at_far_1pct']:.4f})"
+        f"   TAR at FAR 0.1%: {100 * m['tar_at_far_0.1pct']:.2f}%",
         f"  best accuracy (thresholds 0.00-0.99): {100 * m['best_accuracy']:.2f}% at {m['best_accuracy_threshold']:.2f}"
         f"   vs always answering 'different': {pct:.2f}%",
         f"  (accuracy is {'meaningless' if pct >= 90 else 'a weak measure'} here: {pct:.1f}% of trials are"
@@ -372,6 +373,8 @@ def _metrics(fn: Any, *args: Any) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     print_arguments(args)
+    check_output_file(args.json_path, "--json_path")
+    check_output_dir(args.plot_dir, "--plot_dir")
     try:
         run(args)
     except ValueError as exc:
@@ -448,9 +451,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result.update({"list_path": args.list_path, "trials_path": None, "num_speakers": int(len(np.unique(labels)))})
     seconds = time.time() - start
     skipped = int((~ok).sum())
-    print(
-        f"embedded {int(ok.sum())} files in {seconds:.1f} s, skipped {skipped} unusable (reasons in the warnings above)"
-    )
+    skipped_note = f", skipped {skipped} unusable (reasons in the warnings above)" if skipped else ""
+    print(f"embedded {int(ok.sum())} files in {seconds:.1f} s{skipped_note}")
     result.update({"num_files": len(files), "num_skipped_files": skipped, "embedding_seconds": round(seconds, 2)})
 
     # raw scores

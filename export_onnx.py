@@ -187,12 +187,13 @@ def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(ROOT))
     from utils.audio import AudioError
     from utils.checkpoint import CheckpointError
-    from utils.config import fail, print_arguments
+    from utils.config import check_output_file, fail, print_arguments
 
     args = build_parser().parse_args(argv)
     if args.output is None:
         args.output = str(Path(args.model_path).with_suffix(".onnx"))
     print_arguments(args)
+    check_output_file(args.output, "--output")
     if Path(args.output).resolve() == Path(args.model_path).resolve():
         fail(f"--output {args.output} would overwrite the model being exported")
     files = [Path(f) for f in args.verify_files] if args.verify_files else None

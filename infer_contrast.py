@@ -14,7 +14,7 @@ import argparse
 import json
 import math
 
-from utils.config import fail, print_arguments
+from utils.config import check_output_file, fail, print_arguments
 
 FALLBACK_THRESHOLD = 0.5
 
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     # torch is not imported yet: check the cheap things first so a typo fails in well under a second
     from utils.audio import AudioError, audio_info
 
+    check_output_file(args.json_path, "--json_path")
     if args.threshold is not None and not math.isfinite(args.threshold):
         fail(f"--threshold must be a finite number, got {args.threshold}")
     try:

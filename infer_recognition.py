@@ -13,7 +13,7 @@ File mode (no microphone needed):
 
 Embeddings are cached in audio_db/.voiceprint_cache.npz: a restart embeds only new or
 changed recordings (the count is printed). `--json_path` writes the result as JSON:
-recognition {"name": <name or null>, "score", "runner_up", "runner_up_score"} (a list
+recognition {"name": <name or null>, "score", "runner_up", "runner_up_score", "best"} (a list
 of those, each with "path", when several files are given), register {"name",
 "recordings"}, list {"speakers": {name: count}}, remove {"removed": name}.
 """
@@ -27,7 +27,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from utils.config import fail, print_arguments
+from utils.config import check_output_file, fail, print_arguments
 
 LIST_NAMES_UP_TO = 20  # above this many speakers the interactive start-up prints a count instead of every name
 
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     print_arguments(args)
+    check_output_file(args.json_path, "--json_path")
     warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"
 
     try:
@@ -207,7 +208,10 @@ def _describe(result: Any) -> str:
     runner = f" (runner-up: {result.runner_up} {result.runner_up_score:.2f})" if result.runner_up is not None else ""
     if result.name is not None:
         return f"Recognised: {result.name}, similarity: {result.score:.2f}{runner}"
-    return f"Unknown speaker (best: {result.best} {result.score:.2f} < threshold {result.threshold:.2f})"
+    score, threshold = f"{result.score:.2f}", f"{result.threshold:.2f}"
+    if score == threshold:  # 0.749 vs 0.75 must not read "0.75 < 0.75"
+        score, threshold = f"{result.score:.4f}", f"{result.threshold:.4f}"
+    return f"Unknown speaker (best: {result.best} {score} < threshold {threshold})"
 
 
 # microphone

@@ -46,7 +46,7 @@ from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from utils.audio import MAX_RATE, MIN_RATE, SAMPLE_RATE, AudioError, check_speech, resample
@@ -81,6 +81,7 @@ class RecognizeResult(BaseModel):
     score: float
     runner_up: str | None
     runner_up_score: float | None
+    best: str | None = Field(None, description="top-ranked speaker (also when name is null); score is theirs")
     threshold: float
 
 
@@ -381,8 +382,7 @@ def create_app(
     )
     def recognize(file: Annotated[UploadFile, File(description="recording to identify")]) -> dict:
         wav = read_upload(file, "file")
-        if len(db) == 0:
-            db.sync()  # maybe another process (infer_recognition.py) registered someone since
+        db.refresh()  # another process (infer_recognition.py) may have registered or removed someone since
         try:
             with model_slot:  # no db_lock: recognition reads an immutable snapshot of the library
                 result = db.recognize(wav, sample_rate=SAMPLE_RATE)
@@ -393,6 +393,7 @@ def create_app(
             "score": float(result.score),
             "runner_up": result.runner_up,
             "runner_up_score": None if result.runner_up_score is None else float(result.runner_up_score),
+            "best": result.best,
             "threshold": recognition_threshold,
         }
 
@@ -421,6 +422,7 @@ def create_app(
 
     @app.get("/health", response_model=HealthResult, summary="Liveness, model and library size")
     def health() -> dict:
+        db.refresh()
         return {
             "status": "ok",
             "model": str(embedder.model_path),

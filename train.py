@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
 import os
 import random
@@ -31,8 +32,23 @@ import torch.distributed as dist
 from torch import nn
 
 from utils.audio import AudioError, Augmenter, load_audio
-from utils.checkpoint import CheckpointError, atomic_torch_save, load_torch_file, save_inference_model
-from utils.config import fail, parse_with_config, print_arguments, resolve_device, save_arguments, str2bool
+from utils.checkpoint import (
+    CheckpointError,
+    atomic_torch_save,
+    atomic_write_text,
+    load_torch_file,
+    save_inference_model,
+)
+from utils.config import (
+    check_output_dir,
+    check_positive,
+    fail,
+    parse_with_config,
+    print_arguments,
+    resolve_device,
+    save_arguments,
+    str2bool,
+)
 from utils.data import CropConfig, EpochSampler, ListError, TrainDataset, num_classes_of, read_list
 from utils.features import FEATURES, FeatureConfig, FeatureExtractor, spec_augment
 from utils.heads import HEADS, build_head
@@ -139,13 +155,20 @@ def prune_epochs(save_dir: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def append_log(path: Path, row: dict) -> None:
-    new_log = not path.exists()
-    with open(path, "a", newline="") as f:
-        out = csv.DictWriter(f, fieldnames=list(row))
-        if new_log:
-            out.writeheader()
-        out.writerow(row)
+def write_log_row(path: Path, row: dict) -> None:
+    """One row per epoch in train_log.csv: a resumed epoch replaces its partial row (atomic rewrite, small file)."""
+    rows = []
+    if path.exists():
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = [old for old in csv.DictReader(f) if old.get("epoch") != str(row["epoch"])]
+    rows.append(row)
+    fields = list(row) + [key for old in rows for key in old if key not in row]
+    fields = list(dict.fromkeys(fields))
+    buffer = io.StringIO()
+    out = csv.DictWriter(buffer, fieldnames=fields, restval="")
+    out.writeheader()
+    out.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def rng_state() -> dict:
@@ -218,6 +241,15 @@ def evaluate(model: nn.Module, extractor: nn.Module, wavs: list[np.ndarray], lab
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_with_config(build_parser(), argv)
+    check_positive(
+        args,
+        ("batch_size", "crop_seconds", "num_epoch", "learning_rate", "width", "embedding_dim", "n_mels", "scale",
+         "lr_step", "eval_max_seconds", "keep_checkpoints", "grad_clip", "num_workers", "epoch_size", "max_steps",
+         "max_minutes", "save_every_steps", "warmup_epochs", "margin_warmup_epochs", "weight_decay", "threads"),
+        allow_zero=("num_workers", "epoch_size", "max_steps", "max_minutes", "save_every_steps", "warmup_epochs",
+                    "margin_warmup_epochs", "weight_decay", "threads"),
+    )  # fmt: skip
+    check_output_dir(args.save_model, "--save_model")
 
     # distributed
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -334,6 +366,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.max_steps:
         total_steps = min(total_steps, args.max_steps)
     warmup_steps = int(args.warmup_epochs * steps_per_epoch)
+    run_started = time.time()  # reset below for a resumed run; LambdaLR calls lr_factor(0) right away
 
     def lr_factor(step: int) -> float:
         if step < warmup_steps:
@@ -354,6 +387,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # resume
     epoch, step_in_epoch, global_step, state_elapsed = 0, 0, 0, 0.0
+    resumed_sums = None
     best = {"eer": None, "epoch": None, "threshold": None, "min_dcf": None}
     if args.resume:
         state = newest_checkpoint(save_dir)
@@ -363,6 +397,15 @@ def main(argv: list[str] | None = None) -> None:
         else:
             if state["model_config"] != model_config or state["feature_config"] != feature_config.to_dict():
                 fail(f"checkpoint in {save_dir} was trained with another model or feature config")
+            own_head = step_module.head.state_dict()
+            if {k: tuple(v.shape) for k, v in state["head"].items()} != {
+                k: tuple(v.shape) for k, v in own_head.items()
+            }:
+                fail(
+                    f"checkpoint in {save_dir} was trained with another head or number of classes than "
+                    f"{args.train_list_path} gives ({dataset.num_classes}): resume with the same list and --head, "
+                    "or train into a new --save_model (--pretrained_model reuses the backbone)"
+                )
             step_module.model.load_state_dict(state["model"])
             step_module.head.load_state_dict(state["head"])
             optimizer.load_state_dict(state["optimizer"])
@@ -372,6 +415,7 @@ def main(argv: list[str] | None = None) -> None:
             epoch, step_in_epoch, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
             best = state["best"]
             state_elapsed = float(state.get("elapsed", 0.0))
+            resumed_sums = state.get("epoch_sums") if step_in_epoch else None
             if is_main:
                 print(f"resumed from step {global_step} (epoch {epoch}, batch {step_in_epoch})")
     if world_size > 1:
@@ -394,6 +438,8 @@ def main(argv: list[str] | None = None) -> None:
                 "global_step": global_step,
                 "best": best,
                 "elapsed": time.time() - run_started,
+                # running loss/accuracy of the unfinished epoch, so its log row covers all of it after --resume
+                "epoch_sums": [float(sum_loss), float(sum_acc), count] if step_in_epoch_ else [0.0, 0.0, 0],
                 "model_config": model_config,
                 "feature_config": feature_config.to_dict(),
                 "config": {k: v for k, v in vars(args).items() if v is None or isinstance(v, (str, int, float, bool))},
@@ -422,8 +468,8 @@ def main(argv: list[str] | None = None) -> None:
         sampler.set_epoch(epoch, step_in_epoch)
         dataset.set_epoch(epoch)
         started = time.time()
-        sum_loss = sum_acc = 0.0
-        count = 0
+        sum_loss, sum_acc, count = resumed_sums or (0.0, 0.0, 0)
+        resumed_sums = None
         bar = tqdm(loader, total=len(sampler), disable=not is_main, desc=f"epoch {epoch}", dynamic_ncols=True)
         for wav, label in bar:
             if hasattr(train_module.head, "set_margin_fraction"):
@@ -453,8 +499,8 @@ def main(argv: list[str] | None = None) -> None:
                     acc=f"{float(sum_acc) / count:.3f}",
                     lr=f"{scheduler.get_last_lr()[0]:.2e}",
                 )
-                if args.save_every_steps and global_step % args.save_every_steps == 0:
-                    save_state(save_dir / "last" / "checkpoint.pt", epoch, step_in_epoch)
+            if is_main and args.save_every_steps and global_step % args.save_every_steps == 0:
+                save_state(save_dir / "last" / "checkpoint.pt", epoch, step_in_epoch)
             if args.max_steps and global_step >= args.max_steps:
                 stop = True
             if args.max_minutes:
@@ -490,13 +536,14 @@ def main(argv: list[str] | None = None) -> None:
                 improved = best["eer"] is None or metrics["eer"] <= best["eer"]
                 if improved:
                     best = {"eer": metrics["eer"], "epoch": row["epoch"], "threshold": metrics["threshold"],
-                            "min_dcf": metrics["min_dcf"]}  # fmt: skip
+                            "min_dcf": metrics["min_dcf"],
+                            "recognition_threshold": metrics["threshold_at_far_1pct"]}  # fmt: skip
                 summary += (
                     f" | test EER {metrics['eer']:.2%} minDCF(0.01) {metrics['min_dcf']:.4f}"
                     f" threshold {metrics['threshold']:.3f}{' (best)' if improved else ''}"
                 )
             print(f"{summary} | {row['seconds']} s")
-            append_log(log_path, row)
+            write_log_row(log_path, row)
             if writer is not None:
                 for key in ("loss", "accuracy", "lr"):
                     writer.add_scalar(f"train/{key}", row[key], global_step)
@@ -512,6 +559,8 @@ def main(argv: list[str] | None = None) -> None:
                 meta = {"epoch": row["epoch"], "global_step": global_step, "eer": best["eer"],
                         "min_dcf": best["min_dcf"], "train_list": args.train_list_path,
                         "test_list": args.test_list_path}  # fmt: skip
+                if best.get("recognition_threshold") is not None:  # 1:N operating point: 1% false accepts on test
+                    meta["recognition_threshold"] = best["recognition_threshold"]
                 save_inference_model(
                     save_dir / "inference.pt", train_module.model, model_config, feature_config.to_dict(),
                     best["threshold"], meta, half=args.inference_half,
@@ -520,7 +569,9 @@ def main(argv: list[str] | None = None) -> None:
             dist.barrier()
 
     if is_main:
-        print(f"done: {global_step} steps; inference model at {save_dir / 'inference.pt'}")
+        inference_path = save_dir / "inference.pt"
+        where = f"inference model at {inference_path}" if inference_path.is_file() else "no inference model written"
+        print(f"done: {global_step} steps; {where}")
         if best["eer"] is not None:
             print(f"best test EER {best['eer']:.2%} at epoch {best['epoch']} (threshold {best['threshold']:.3f})")
     if writer is not None:

@@ -229,7 +229,8 @@ async function recognize() {
   if (!body) return;
   const result = $("result");
   if (body.name === null) {
-    showResult("Unknown speaker", "unknown", body.score, body.threshold);
+    const closest = body.best ? ` (closest: ${body.best})` : "";
+    showResult(`Unknown speaker${closest}`, "unknown", body.score, body.threshold);
   } else {
     showResult(`Recognised: ${body.name}`, "ok", body.score, body.threshold);
   }

@@ -48,8 +48,6 @@ ALLOWED_WRITES = {
     ("create_data.py", "convert", "os.fdopen(w)"): "create_data's own atomic WAV writer: mkstemp + fsync + rename, "
     "and it never replaces an existing file (os.replace only when the target is still absent)",
     ("create_data.py", "convert", "sf.write"): "writes into the fdopen'ed temp file of the same atomic WAV writer",
-    ("train.py", "append_log", "open(a)"): "train_log.csv: one row appended per epoch; a crash can at worst cut the "
-    "row being written, while rewriting the whole file atomically each epoch would gain nothing",
     ("utils/speaker_db.py", "_open_lock", "os.open(w)"): "the library's .lock file for flock: it never holds data",
     ("utils/audio.py", "quiet_c_stderr", "os.open(w)"): "opens /dev/null to hide C libraries' stderr noise",
     ("scripts/prepare_gpu_bundle.py", "main", "sf.write"): "builds a throw-away copy of ../shared/data for a GPU "

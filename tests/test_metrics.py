@@ -18,6 +18,7 @@ from utils.metrics import (
     compute_min_dcf,
     det_curve,
     tar_at_far,
+    threshold_at_far,
     trial_metrics,
 )
 
@@ -28,6 +29,7 @@ EXPECTED_KEYS = {
     "min_dcf_0.001",
     "tar_at_far_1pct",
     "tar_at_far_0.1pct",
+    "threshold_at_far_1pct",
     "num_trials",
     "num_target",
     "num_nontarget",
@@ -163,6 +165,18 @@ def test_tar_at_far_sanity():
     assert values[2] == pytest.approx(best)
     with pytest.raises(ValueError, match="far"):
         tar_at_far(scores, labels, 1.5)
+
+
+def test_threshold_at_far_is_the_operating_point_of_tar_at_far():
+    scores, labels = gaussian_trials(12, n_tar=500, n_non=5000)
+    for far in (0.001, 0.01, 0.1):
+        thr = threshold_at_far(scores, labels, far)
+        measured_far, measured_frr = brute_rates(scores, labels, thr)
+        assert measured_far <= far
+        assert 1 - measured_frr == pytest.approx(tar_at_far(scores, labels, far))
+    # stricter false accept targets need higher thresholds
+    assert threshold_at_far(scores, labels, 0.001) > threshold_at_far(scores, labels, 0.1)
+    assert trial_metrics(scores, labels)["threshold_at_far_1pct"] == threshold_at_far(scores, labels, 0.01)
 
 
 def test_best_accuracy_matches_original_loop():

@@ -161,6 +161,7 @@ def test_strangers_are_unknown(client, enrolled, shared_data: Path) -> None:
         body = client.post("/recognize", files={"file": _upload(shared_data / rel)}).json()
         assert body["name"] is None, (rel, body)
         assert body["score"] < body["threshold"]
+        assert body["best"] is not None and body["best"] != body["runner_up"]  # whose score `score` is
 
 
 def test_contrast_same_and_different(client, speech) -> None:
@@ -253,6 +254,21 @@ def test_concurrent_load_has_no_errors(server, enrolled, speech, shared_data: Pa
     assert report.requests == 10 and report.consistent, report.summary()
     assert sum(report.registered.values()) >= 1
     assert report.peak_rss_mb is not None and report.peak_rss_mb > 50
+
+
+def test_changes_by_infer_recognition_are_seen_at_once(server, client, enrolled, speech) -> None:
+    # infer_recognition.py --remove in another process (a listing-only SpeakerDB, as it opens for --remove)
+    from utils.speaker_db import SpeakerDB
+
+    probe = {"file": _upload(speech["carol"][3])}
+    assert client.post("/recognize", files=probe).json()["name"] == "carol"
+    before = client.get("/health").json()["speakers"]
+    SpeakerDB(server.audio_db, None).remove("carol")
+    assert client.get("/health").json()["speakers"] == before - 1
+    assert client.post("/recognize", files=probe).json()["name"] != "carol"
+    # enrol carol again through the API, as she was
+    upload = [("files", (p.name, p.read_bytes(), "audio/mpeg")) for p in speech["carol"][:3]]
+    assert client.post("/register", data={"name": "carol"}, files=upload).status_code == 200
 
 
 def test_library_is_shared_with_infer_recognition(server, enrolled) -> None:

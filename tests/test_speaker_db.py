@@ -134,7 +134,9 @@ def test_register_recognize_unknown_remove(tmp_path: Path, embedder, speech) -> 
         result = db.recognize(stranger)
         assert result.name is None, (stranger, result)
         assert result.score < db.threshold and result.best in SPEAKERS
-    assert set(db.recognize(speech["strangers"][0]).to_dict()) == {"name", "score", "runner_up", "runner_up_score"}
+    unknown = db.recognize(speech["strangers"][0]).to_dict()
+    assert set(unknown) == {"name", "score", "runner_up", "runner_up_score", "best"}
+    assert unknown["name"] is None and unknown["best"] in SPEAKERS and unknown["best"] != unknown["runner_up"]
 
     # a stricter threshold turns a match into "unknown"; the voiceprint itself scores 1
     strict = SpeakerDB(tmp_path / "db", embedder, threshold=0.999)
@@ -324,3 +326,24 @@ def test_writers_wait_for_the_library_lock(tmp_path: Path, embedder, speech) -> 
     job.join(timeout=60)
     assert job.exitcode == 0
     assert SpeakerDB(root, embedder).counts() == {"2803": 1, "shared": 1}
+
+
+def test_refresh_sees_other_processes_changes_only(tmp_path: Path, embedder, speech) -> None:
+    # two SpeakerDB objects on one folder stand for infer_server.py and infer_recognition.py
+    root = tmp_path / "db"
+    server_side = SpeakerDB(root, embedder)
+    other = SpeakerDB(root, embedder)
+    scans = []
+    scan = server_side._scan
+    server_side._scan = lambda: scans.append(1) or scan()  # count folder scans
+    other.register("1272", speech["1272"][:1])
+    assert "1272" not in server_side
+    assert server_side.refresh() == 0 and "1272" in server_side  # taken from the shared cache, not re-embedded
+    assert len(scans) == 1
+    server_side.refresh()
+    assert len(scans) == 1  # unchanged library: two stat calls, no scan
+    other.register("1272", speech["1272"][1:2])  # a second recording of a known speaker rewrites the cache
+    server_side.refresh()
+    assert server_side.counts() == {"1272": 2}
+    other.remove("1272")
+    assert server_side.refresh() == 0 and "1272" not in server_side and len(server_side) == 0

@@ -51,6 +51,9 @@ def test_create_data_then_train_then_inference_model(lists: Path, tmp_path: Path
     assert info["model_config"]["name"] == "resnet18"
     assert info["feature_config"]["feature"] == "fbank"
     assert info["threshold"] is not None and -1.0 <= info["threshold"] <= 1.0
+    # the 1:N operating point (threshold at 1% false accepts on the test list) travels with the model
+    assert -1.0 <= info["meta"]["recognition_threshold"] <= 1.0
+    assert [row.split(",")[0] for row in (save / "train_log.csv").read_text().splitlines()] == ["epoch", "0", "1"]
     assert (save / "epoch_2" / "checkpoint.pt").is_file() and (save / "train_log.csv").is_file()
     assert (save / "train_args.json").is_file()
     # 16 speakers' worth of classes: 4 speakers x 3 speed copies
@@ -127,3 +130,42 @@ def test_pretrained_model_initialises_the_backbone(lists: Path, tmp_path: Path):
     assert "fc.weight" in line and "bn_out.weight" in line
     loaded = int(line.split("loaded ")[1].split(" ")[0])
     assert loaded > 50
+
+
+def test_mid_epoch_checkpoints_follow_save_every_steps(lists: Path, tmp_path: Path, monkeypatch) -> None:
+    # count the real saves (the spy passes every call through to the atomic writer)
+    import train
+
+    saved: list[tuple[str, int]] = []
+    real_save = train.atomic_torch_save
+    monkeypatch.setattr(
+        train, "atomic_torch_save", lambda obj, path: saved.append((Path(path).parent.name, obj["global_step"])) or
+        real_save(obj, path),
+    )  # fmt: skip
+    train.main(["--train_list_path", str(lists / "train_list.txt"), "--test_list_path", "", "--save_model",
+                str(tmp_path / "m"), "--epoch_size", "400", "--max_steps", "7", "--save_every_steps", "3",
+                "--warmup_epochs", "0", "--max_minutes", "10", *TINY])  # fmt: skip
+    assert [step for folder, step in saved if folder == "last"] == [3, 6, 7]
+
+
+def test_resumed_epoch_has_one_log_row_with_the_whole_epoch(lists: Path, tmp_path: Path) -> None:
+    common = ["train.py", "--train_list_path", str(lists / "train_list.txt"), "--test_list_path", "",
+              "--epoch_size", "24", "--num_epoch", "1", "--noise_prob", "0", *TINY]  # fmt: skip
+    unbroken = run([*common, "--save_model", str(tmp_path / "a")])
+    assert unbroken.returncode == 0, unbroken.stderr[-2000:]
+    first = run([*common, "--save_model", str(tmp_path / "b"), "--max_steps", "2"])
+    assert first.returncode == 0, first.stderr[-2000:]
+    resumed = run([*common, "--save_model", str(tmp_path / "b"), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "done: 6 steps" in resumed.stdout
+
+    def rows(folder: str) -> list[dict]:
+        import csv
+
+        with open(tmp_path / folder / "train_log.csv", newline="") as f:
+            return list(csv.DictReader(f))
+
+    a, b = rows("a"), rows("b")
+    assert [r["epoch"] for r in b] == ["0"]  # the partial row of the stopped run was replaced
+    assert float(b[0]["loss"]) == pytest.approx(float(a[0]["loss"]), rel=1e-3)
+    assert float(b[0]["accuracy"]) == pytest.approx(float(a[0]["accuracy"]), abs=1e-6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -79,3 +80,39 @@ def fail(message: str, code: int = 1) -> NoReturn:
     """Print a one-line error for the user and exit non-zero (no traceback)."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)
+
+
+def check_output_file(path: str | os.PathLike | None, flag: str) -> None:
+    """Fail before any work when an output file cannot be written there (a folder, or a file as its folder)."""
+    if not path:
+        return
+    target = Path(path)
+    if str(path).endswith(("/", os.sep)) or target.is_dir():
+        fail(f"{flag} {path} is a folder: give a file name")
+    parent = next((p for p in target.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        fail(f"{flag} {path}: {parent} is a file, not a folder")
+
+
+def check_output_dir(path: str | os.PathLike | None, flag: str) -> None:
+    """Fail before any work when an output folder cannot be created there (an existing file in the way)."""
+    if not path:
+        return
+    target = Path(path)
+    blocker = next((p for p in (target, *target.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        fail(f"{flag} {path}: {blocker} is a file, not a folder")
+
+
+def check_positive(args: argparse.Namespace, names: tuple[str, ...], allow_zero: tuple[str, ...] = ()) -> None:
+    """Fail in one line when a numeric option is out of range (`--batch_size 0` would otherwise crash deep inside)."""
+    for name in names:
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            fail(f"--{name} must be a finite number, got {value}")
+        if name in allow_zero and value < 0:
+            fail(f"--{name} must be 0 or more, got {value}")
+        if name not in allow_zero and value <= 0:
+            fail(f"--{name} must be greater than 0, got {value}")

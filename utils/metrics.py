@@ -27,6 +27,7 @@ __all__ = [
     "compute_min_dcf",
     "det_curve",
     "tar_at_far",
+    "threshold_at_far",
     "trial_metrics",
 ]
 
@@ -144,6 +145,14 @@ def _curve_tar_at_far(c: _Curve, far: float) -> float:
     return float(c.tp[k] / c.n_tar)
 
 
+def _curve_threshold_at_far(c: _Curve, far: float) -> float:
+    """Threshold of the operating point `_curve_tar_at_far` picks: accept scores >= it, FAR <= far."""
+    if not 0.0 <= far <= 1.0:
+        raise ValueError(f"far must be in [0, 1], got {far}")
+    k = int(np.searchsorted(c.fp, far * c.n_non * (1 + 1e-12), side="right")) - 1
+    return float(c.thr[k])
+
+
 def _sweep_thresholds(start: float, stop: float, step: float) -> np.ndarray:
     if step <= 0:
         raise ValueError(f"step must be positive, got {step}")
@@ -181,6 +190,7 @@ def _curve_metrics(c: _Curve, p_targets: Sequence[float], mode: str) -> dict:
         {
             "tar_at_far_1pct": _curve_tar_at_far(c, 0.01),
             "tar_at_far_0.1pct": _curve_tar_at_far(c, 0.001),
+            "threshold_at_far_1pct": _curve_threshold_at_far(c, 0.01),
             "num_trials": c.n_tar + c.n_non,
             "num_target": c.n_tar,
             "num_nontarget": c.n_non,
@@ -230,6 +240,11 @@ def compute_min_dcf(
 def tar_at_far(scores, labels, far: float) -> float:
     """True accept rate at the best operating point whose false accept rate is <= ``far`` (e.g. 0.01)."""
     return _curve_tar_at_far(_exact_curve(*_check_trials(scores, labels)), far)
+
+
+def threshold_at_far(scores, labels, far: float) -> float:
+    """The threshold of ``tar_at_far``'s operating point: accepting scores >= it keeps FAR <= ``far``."""
+    return _curve_threshold_at_far(_exact_curve(*_check_trials(scores, labels)), far)
 
 
 def best_accuracy_threshold(

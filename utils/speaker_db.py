@@ -129,6 +129,7 @@ class Recognition:
             "score": self.score,
             "runner_up": self.runner_up,
             "runner_up_score": self.runner_up_score,
+            "best": self.best,  # the top-ranked speaker, also when `name` is None (unknown)
         }
 
 
@@ -162,7 +163,17 @@ def recognition_threshold(embedder: Embedder | None) -> float | None:
         return None
     meta = (getattr(embedder, "info", None) or {}).get("meta") or {}
     value = meta.get("recognition_threshold")
-    return float(value) if value is not None else getattr(embedder, "threshold", None)
+    if value is not None:
+        return float(value)
+    fallback = getattr(embedder, "threshold", None)
+    if fallback is not None:
+        warnings.warn(
+            f"the model stores no 1:N threshold; using its 1:1 EER threshold {fallback:.3f}, which accepts more "
+            "strangers (pass --threshold, or retrain: train.py now stores the threshold at 1% false accepts)",
+            UserWarning,
+            stacklevel=3,
+        )
+    return fallback
 
 
 class SpeakerDB:
@@ -186,6 +197,7 @@ class SpeakerDB:
         self.fingerprint = _model_fingerprint(embedder) if embedder is not None else None
         self._entries: dict[str, _Entry] = {}  # relative path -> entry
         self._cache_damaged = False  # the cache file could not be read: rewrite it even if nothing changed
+        self._disk_state: tuple | None = None  # _disk_token() after the last sync: refresh() compares with it
         self._mutex = threading.RLock()
         self._lock_depth = 0
         self._lock_fd: int | None = None
@@ -224,6 +236,27 @@ class SpeakerDB:
         with self._locked(write=False):
             return self._sync_locked()
 
+    def refresh(self) -> int:
+        """Sync only if another process changed the library since our last sync (two stat calls otherwise).
+
+        Every change made through SpeakerDB (register, remove, here or in another process) rewrites the
+        cache file or the folder listing; recordings copied into an existing speaker's folder by hand are
+        picked up by sync() (a restart, or GET /speakers in the server).
+        """
+        if self._disk_state is not None and self._disk_token() == self._disk_state:
+            return 0
+        return self.sync()
+
+    def _disk_token(self) -> tuple:
+        def stamp(path: Path) -> tuple | None:
+            try:
+                st = path.stat()
+            except OSError:
+                return None
+            return st.st_ino, st.st_mtime_ns, st.st_size
+
+        return stamp(self.root), stamp(self.cache_path)
+
     def _sync_locked(self, extra: dict[str, _Entry] | None = None) -> int:
         """The body of sync; the caller holds the lock. `extra`: entries already embedded (just registered)."""
         on_disk_cache = self._read_cache()
@@ -259,6 +292,7 @@ class SpeakerDB:
         if self.embedder is not None and stale:
             self._write_cache()
         self._rebuild_snapshot()
+        self._disk_state = self._disk_token()  # under the lock: no other writer can change it meanwhile
         return embedded
 
     def _scan(self) -> dict[str, tuple[str, int, int]]:
