@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--test_speakers",
         type=int,
         default=None,
-        help="speakers mode: how many speakers to hold out (None: 10%% of them, at least 1)",
+        help="speakers mode: how many speakers to hold out (None: 10%% of them, at least 2)",
     )
     parser.add_argument("--test_speaker_ids", nargs="+", default=None, help="speakers mode: these test speakers")
     parser.add_argument("--test_every", type=int, default=200, help="utterances mode: every N-th utterance is test")
@@ -475,7 +475,10 @@ def label_map(speakers: set[str] | list[str]) -> dict[str, int]:
 
 def summarize(name: str, rows: list[tuple[str, str, float]]) -> str:
     hours = sum(seconds for _, _, seconds in rows) / 3600.0
-    return f"{name}: {len({s for _, s, _ in rows})} speakers, {len(rows)} utterances, {hours:.2f} h"
+    n_speakers, n_rows = len({s for _, s, _ in rows}), len(rows)
+    return (
+        f"{name}: {n_speakers} speaker{'s' * (n_speakers != 1)}, {n_rows} utterance{'s' * (n_rows != 1)}, {hours:.2f} h"
+    )
 
 
 # main
@@ -493,6 +496,13 @@ def validate(args: argparse.Namespace) -> tuple[list[str], re.Pattern[str] | Non
     for d in dirs:
         if not os.path.isdir(d):
             raise DataError(f"dataset dir not found: {d}" if not os.path.exists(d) else f"not a directory: {d}")
+    real = [os.path.realpath(d) for d in dirs]
+    for i, a in enumerate(real):  # the same audio twice would become two "speakers" per real speaker
+        for j, b in enumerate(real):
+            if i < j and a == b:
+                raise DataError(f"--dataset_dir {dirs[i]} and {dirs[j]} are the same folder")
+            if i != j and b.startswith(a.rstrip(os.sep) + os.sep):
+                raise DataError(f"--dataset_dir {dirs[j]} is inside {dirs[i]}: its files would be listed twice")
     regex = None
     if "flat" in formats:
         if not args.speaker_regex:
@@ -500,9 +510,9 @@ def validate(args: argparse.Namespace) -> tuple[list[str], re.Pattern[str] | Non
         try:
             regex = re.compile(args.speaker_regex)
         except re.error as exc:
-            raise DataError(f"--speaker_regex {args.speaker_regex!r} is not a valid regex: {exc}") from None
+            raise DataError(f"--speaker_regex '{args.speaker_regex}' is not a valid regex: {exc}") from None
         if regex.groups < 1:
-            raise DataError(f"--speaker_regex {args.speaker_regex!r} has no group: put the speaker id in (...)")
+            raise DataError(f"--speaker_regex '{args.speaker_regex}' has no group: put the speaker id in (...)")
     elif args.speaker_regex:
         raise DataError("--speaker_regex is only used with --dataset_format flat")
     if args.trust_duration and "zhvoice" not in formats:
@@ -619,13 +629,21 @@ def create_lists(args: argparse.Namespace) -> None:
             if not test_set:
                 raise DataError("none of --test_speaker_ids has usable audio")
         else:
-            count = args.test_speakers if args.test_speakers is not None else max(1, len(speakers) // 10)
+            # at least 2 held-out speakers, or the test list has no different-speaker trials
+            default_count = max(2, len(speakers) // 10) if len(speakers) >= 4 else 1
+            count = args.test_speakers if args.test_speakers is not None else default_count
             if count >= len(speakers):
                 raise DataError(
                     f"no speakers left for training: {len(speakers)} speaker(s), {count} held out for test "
                     "(lower --test_speakers or use --test_mode utterances/none)"
                 )
             test_set = choose_test_speakers(speakers, count, args.seed)
+        if len(test_set) == 1:
+            print(
+                "warning: only 1 test speaker: train.py and eval.py need at least 2 for verification trials "
+                "(use --test_speakers 2 or more)",
+                file=sys.stderr,
+            )
         train_rows = [r for r in rows if r[1] not in test_set]
         test_rows = [r for r in rows if r[1] in test_set]
         train_labels = label_map({s for _, s, _ in train_rows})

@@ -117,8 +117,8 @@ def _run(args: argparse.Namespace) -> int:
     embedder = Embedder(args.model_path, device=args.device)
     db = SpeakerDB(args.audio_db, embedder, threshold=args.threshold)
     print(
-        f"library {args.audio_db}: {len(db)} speakers, {sum(db.counts().values())} recordings, "
-        f"{db.embedded_at_load} new recordings embedded (threshold {db.threshold:.2f})"
+        f"library {args.audio_db}: {_count(len(db), 'speaker')}, {_recordings(sum(db.counts().values()))}, "
+        f"{_count(db.embedded_at_load, 'new recording')} embedded (threshold {db.threshold:.2f})"
     )
     if mode == "register":
         return _register(db, args)
@@ -166,8 +166,12 @@ def _write_json(path: str | None, obj: Any) -> None:
 # file mode
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _recordings(count: int) -> str:
-    return f"{count} recording" if count == 1 else f"{count} recordings"
+    return _count(count, "recording")
 
 
 def _register(db: Any, args: argparse.Namespace) -> int:
@@ -189,7 +193,7 @@ def _recognize(db: Any, args: argparse.Namespace) -> int:
 
 def _list(db: Any, args: argparse.Namespace) -> int:
     counts = db.counts()
-    print(f"library {args.audio_db}: {len(counts)} speakers")
+    print(f"library {args.audio_db}: {_count(len(counts), 'speaker')}")
     for name, count in counts.items():
         print(f"{name}: {_recordings(count)}")
     _write_json(args.json_path, {"speakers": counts})
@@ -199,7 +203,7 @@ def _list(db: Any, args: argparse.Namespace) -> int:
 def _remove(db: Any, args: argparse.Namespace) -> int:
     name = args.remove.strip()
     db.remove(name)
-    print(f"Removed {name}; {len(db)} speakers left.")
+    print(f"Removed {name}; {_count(len(db), 'speaker')} left.")
     _write_json(args.json_path, {"removed": name})
     return 0
 

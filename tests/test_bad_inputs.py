@@ -935,7 +935,7 @@ def test_library_corrupted_cache_is_rebuilt(
                                                  str(MODEL), "--device", "cpu"], capsys)  # fmt: skip
     assert outcome.code == 0 and "Traceback" not in outcome.err, outcome.err[-2000:]
     assert "Recognised: alice" in outcome.out
-    assert "1 new recordings embedded" in outcome.out  # rebuilt from the WAVs
+    assert "1 new recording embedded" in outcome.out  # rebuilt from the WAVs
     reopened = SpeakerDB(db, embedder)
     assert reopened.embedded_at_load == 0 and reopened.names() == ["alice"]  # the rewritten cache is good
     message = "warning: " + str(caught[0].message)

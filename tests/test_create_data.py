@@ -150,7 +150,7 @@ def test_folder_layout_dev_clean(dev_folder: Path, tmp_path: Path, capsys: pytes
     assert len(train) == 8 and len(test) == 4  # both chapters of every speaker
     assert all(Path(path).parts[-3] == train_map[label] for path, label in train)
     assert {label for _, label in test} == {0}
-    assert "test: 1 speakers, 4 utterances" in out
+    assert "test: 1 speaker, 4 utterances" in out
 
 
 def test_fsdd_flat_8khz_short(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -401,3 +401,28 @@ def test_no_audio_and_no_training_speakers(
     assert "no speakers left for training" in err
     err = run_fail([*args, "--speakers", "84", "--test_speaker_ids", "84"], capsys)
     assert "no speakers left for training" in err
+
+
+def test_same_or_nested_dataset_dirs_are_refused(
+    dev_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # listing a folder twice would turn every real speaker into two training classes
+    base = ["--dataset_format", "folder", "--list_dir", str(tmp_path / "l"), "--test_mode", "none"]
+    err = run_fail(["--dataset_dir", str(dev_folder), str(dev_folder) + "/", *base], capsys)
+    assert "are the same folder" in err
+    inner = next(p for p in dev_folder.iterdir() if p.is_dir())
+    err = run_fail(["--dataset_dir", str(dev_folder), str(inner), *base], capsys)
+    assert f"{inner} is inside {dev_folder}" in err
+    assert not (tmp_path / "l").exists()
+
+
+def test_default_split_holds_out_two_speakers(
+    libri_flat: Path, dev_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # few speakers: 10% would be 0 or 1, and one test speaker gives no different-speaker trials
+    args = ["--dataset_dir", str(libri_flat), "--dataset_format", "flat", "--speaker_regex", r"^(\d+)-"]
+    run_main([*args, "--list_dir", str(tmp_path / "a")], capsys)
+    assert len(read_map(tmp_path / "a" / "test_speakers.txt")) == 2
+    _, err = run_main(["--dataset_dir", str(dev_folder), "--dataset_format", "folder", "--list_dir",
+                       str(tmp_path / "b")], capsys)  # fmt: skip
+    assert "only 1 test speaker" in err  # 3 speakers: 2 for training, 1 for test, and the user is told
