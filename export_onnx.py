@@ -186,10 +186,11 @@ def export_onnx(
 def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(ROOT))
     from utils.audio import AudioError
-    from utils.checkpoint import CheckpointError
+    from utils.checkpoint import CheckpointError, resolve_model_path
     from utils.config import check_output_file, fail, print_arguments
 
     args = build_parser().parse_args(argv)
+    args.model_path = resolve_model_path(args.model_path)
     if args.output is None:
         args.output = str(Path(args.model_path).with_suffix(".onnx"))
     print_arguments(args)

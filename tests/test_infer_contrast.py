@@ -171,3 +171,14 @@ def test_missing_model_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureF
         infer_contrast.main(["--model_path", str(tmp_path / "none.pt")])
     assert info.value.code == 1
     assert capsys.readouterr().err.strip() == f"error: model file not found: {tmp_path / 'none.pt'}"
+
+
+def test_default_model_found_from_another_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    # `python /path/to/infer_contrast.py ...` from elsewhere: the default models/... is the project's
+    monkeypatch.chdir(tmp_path)
+    infer_contrast.main(["--audio_path1", str(ROOT / "audio" / "a_1.wav"), "--audio_path2", str(DEMO[1])])
+    assert "are the same person" in capsys.readouterr().out.splitlines()[-1]
+    # a relative path that exists neither here nor in the project is still reported as missing
+    with pytest.raises(SystemExit):
+        infer_contrast.main(["--audio_path1", str(DEMO[0]), "--audio_path2", str(DEMO[1]), "--model_path", "no.pt"])
+    assert "model file not found: no.pt" in capsys.readouterr().err

@@ -164,6 +164,17 @@ def save_inference_model(
     )
 
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def resolve_model_path(path: str | os.PathLike) -> str:
+    """A relative model path that does not exist here is looked up in the project, so the default
+    `models/voiceprint_resnet34.pt` works when a script is run from another folder."""
+    if not Path(path).exists() and not Path(path).is_absolute() and (PROJECT_ROOT / path).exists():
+        return str(PROJECT_ROOT / path)
+    return str(path)
+
+
 def load_inference_model(path: str | os.PathLike, device: Any = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Build the backbone described in an inference file; returns (model in eval mode, info)."""
     from utils.model import build_model

@@ -163,8 +163,8 @@ class TrainDataset(torch.utils.data.Dataset):
         frames, rate = self._info[index]
         total = frames / rate
         start = float(rng.uniform(0.0, max(total - seconds, 0.0)))
-        if start > 0 and path.lower().endswith(".mp3") and torch.utils.data.get_worker_info() is not None:
-            # seeking into an MP3 makes libmpg123 print harmless warnings on fd 2; silence them in loader workers
+        if start > 0 and path.lower().endswith(".mp3"):
+            # seeking into an MP3 makes libmpg123 print harmless "error: part2_3_length ..." lines on fd 2
             with quiet_c_stderr():
                 wav = load_audio(path, start_seconds=start, max_seconds=seconds + 0.05)
         else:

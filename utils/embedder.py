@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from utils.audio import SAMPLE_RATE, AudioError, audio_info, check_speech, load_audio, resample, to_mono
-from utils.checkpoint import CheckpointError, load_inference_model
+from utils.checkpoint import CheckpointError, load_inference_model, resolve_model_path
 from utils.features import FeatureConfig, FeatureExtractor
 
 MIN_SECONDS = 0.3
@@ -48,6 +48,7 @@ class Embedder:
         segment_seconds: float = 30.0,
         vad: bool = False,
     ) -> None:
+        model_path = resolve_model_path(model_path)
         onnx = is_onnx_path(model_path)
         if onnx and device == "auto":
             device = "cpu"  # the backbone runs in ONNX Runtime on the CPU: features on a GPU would only add copies
