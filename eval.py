@@ -405,6 +405,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         fail("--cohort_size and --top_k must be at least 1")
     if args.trials_path:
         trials = read_trials(args.trials_path)
+        repeated = len(trials) - len({(label, *sorted((a, b))) for label, a, b in trials})
+        if repeated:  # kept (the file is the protocol), but they weigh twice in every rate
+            print(f"warning: {repeated} repeated trial(s) in {args.trials_path} are counted again", file=sys.stderr)
     else:
         items = read_list(args.list_path)
         if len({label for _, label in items}) < 2:
@@ -477,6 +480,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not cohort_ok.any():
             fail(f"no usable cohort file in {args.cohort_list_path}")
         cohort = speaker_means(cohort_emb[cohort_ok], np.array([label for _, label in cohort_list])[cohort_ok])
+        top_k = min(args.top_k, len(cohort))
+        if top_k < 3:  # the std of 1-2 scores is ~0: AS-norm would scale scores by up to 1e8
+            fail(f"AS-norm needs at least 3 cohort speakers and --top_k 3, got {len(cohort)} and {args.top_k}")
+        if len(cohort) < 50:
+            print(
+                f"warning: AS-norm with {len(cohort)} cohort speakers is noisy: use hundreds (e.g. the training list)",
+                file=sys.stderr,
+            )
         if args.trials_path:
             norm = as_norm_trials(emb, a, b, raw, cohort, args.top_k)
             norm_y = y

@@ -14,7 +14,8 @@ File mode (no microphone needed):
 Embeddings are cached in audio_db/.voiceprint_cache.npz: a restart embeds only new or
 changed recordings (the count is printed). `--json_path` writes the result as JSON:
 recognition {"name": <name or null>, "score", "runner_up", "runner_up_score", "best"} (a list
-of those, each with "path", when several files are given), register {"name",
+of those, each with "path", when several files are given; a file that fails gives {"path",
+"error"}, the others are still recognised, and the exit status is 1), register {"name",
 "recordings"}, list {"speakers": {name: count}}, remove {"removed": name}.
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -95,13 +97,15 @@ def _run(args: argparse.Namespace) -> int:
         fail("--audio_path goes with --register NAME")
     if not args.record_seconds > 0:
         fail(f"--record_seconds must be positive, got {args.record_seconds}")
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        fail(f"--threshold must be a finite number, got {args.threshold}")
     # cheap checks first, so bad input never waits for the model to load
     if mode == "register":
         validate_name(args.register)
         if not args.audio_path:
             fail("--register NAME needs --audio_path FILE [FILE ...]")
         _check_files(args.audio_path, min_seconds=MIN_REGISTER_SECONDS)
-    elif mode == "recognize":
+    elif mode == "recognize" and len(args.recognize) == 1:  # several files: each reports its own error
         _check_files(args.recognize)
     elif mode == "remove":
         validate_name(args.remove)
@@ -182,13 +186,28 @@ def _register(db: Any, args: argparse.Namespace) -> int:
 
 
 def _recognize(db: Any, args: argparse.Namespace) -> int:
-    results = []
-    for path in args.recognize:
-        result = db.recognize(path)
-        print(f"{path}: {_describe(result)}")
+    from utils.audio import AudioError
+
+    if len(args.recognize) == 1:  # one file: its problem is the command's one-line error
+        result = db.recognize(args.recognize[0])
+        print(f"{args.recognize[0]}: {_describe(result)}")
+        _write_json(args.json_path, {**result.to_dict(), "path": args.recognize[0]})
+        return 0
+    results, failed = [], 0
+    for path in args.recognize:  # a batch: a bad file is reported and the others still get their answer
+        try:
+            result = db.recognize(path)
+        except AudioError as exc:
+            failed += 1
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            results.append({"path": path, "error": str(exc)})
+            continue
+        print(f"{path}: {_describe(result)}", flush=True)
         results.append({**result.to_dict(), "path": path})
-    _write_json(args.json_path, results[0] if len(results) == 1 else results)
-    return 0
+    _write_json(args.json_path, results)
+    if failed:
+        print(f"error: {failed} of {len(results)} files could not be recognised (see above)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _list(db: Any, args: argparse.Namespace) -> int:

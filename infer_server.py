@@ -295,6 +295,7 @@ def create_app(
     docs_assets = _swagger_ui_assets()
     app = FastAPI(
         docs_url=None if docs_assets else "/docs",  # served below from local files when they are installed
+        redoc_url=None,  # ReDoc would load its script and fonts from a CDN: /docs is the local one
         title="voiceprint",
         summary="Speaker recognition: compare two voices, register speakers, recognise who is speaking.",
         description=(

@@ -163,6 +163,7 @@ def test_as_norm_section(runs: dict) -> None:
     assert (norm["num_trials"], norm["num_target"]) == (66, 12)
     assert 0.0 <= norm["eer"] <= 0.5 and 0.0 <= norm["min_dcf"] <= 1.0
     assert "AS-norm scores (3 cohort speakers" in runs["main"].stdout
+    assert "warning: AS-norm with 3 cohort speakers is noisy" in runs["main"].stderr
 
 
 def test_plots_are_png(runs: dict) -> None:
@@ -309,3 +310,12 @@ def test_read_trials_resolves_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         (1, os.path.join("sub", "x.wav"), "here.wav"),
         (0, os.path.join("sub", "x.wav"), "missing.wav"),
     ]
+
+
+def test_repeated_trials_warn(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    seed = shared_data / "seed_samples"
+    a1, a2, b1 = seed / "a_1.wav", seed / "a_2.wav", seed / "b_1.wav"
+    lines = [f"1 {a1} {a2}", f"0 {a1} {b1}", f"0 {b1} {a1}", f"1 {a2} {a1}"]  # both pairs, twice each
+    (tmp_path / "trials.txt").write_text("\n".join(lines) + "\n")
+    evaluate.main(["--trials_path", str(tmp_path / "trials.txt"), "--device", "cpu", "--num_workers", "0"])
+    assert "warning: 2 repeated trial(s)" in capsys.readouterr().err

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from tests.test_speaker_db import short_utterances
 
@@ -130,6 +131,19 @@ def test_bad_input_is_one_line_error(library: Path, tmp_path: Path, shared_data:
     short = shared_data / "fsdd" / "0_george_1.wav"
     one_line_error(run("--audio_db", db, "--register", "eve", "--audio_path", short), "too short")
     assert not (db / "eve").exists() and not (tmp_path / "x").exists()
+    one_line_error(run("--audio_db", db, "--recognize", utterances["1272"][4], "--threshold", "nan"), "finite")
+
+    # several files: a bad one is reported in its place, the others are still recognised
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(16000, dtype=np.float32), 16000)
+    out_json = tmp_path / "batch.json"
+    batch = run("--audio_db", db, "--recognize", utterances["1272"][4], silent, tmp_path / "nope.wav",
+                utterances["2035"][4], "--json_path", out_json)  # fmt: skip
+    assert batch.returncode == 1 and "Traceback" not in batch.stderr
+    assert batch.stderr.strip().splitlines()[-1] == "error: 2 of 4 files could not be recognised (see above)"
+    results = json.loads(out_json.read_text())
+    assert [r.get("name") for r in results] == ["1272", None, None, "2035"]
+    assert "is silent" in results[1]["error"] and "not found" in results[2]["error"]
 
 
 def test_interactive_microphone_register_then_recognise(library: Path, tmp_path: Path, shared_data: Path) -> None:

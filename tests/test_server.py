@@ -140,6 +140,7 @@ def test_health_page_and_docs(client) -> None:
     # Swagger UI is served by the app itself (works offline, no CDN)
     assert "/docs-assets/swagger-ui-bundle.js" in docs.text and "cdn" not in docs.text.lower()
     assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
+    assert client.get("/redoc").status_code == 404  # ReDoc would fetch from a CDN: not offered
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/contrast", "/register", "/recognize", "/speakers", "/speakers/{name}", "/health"} <= set(paths)
     assert set(paths["/speakers/{name}"]) == {"delete"}

@@ -81,6 +81,17 @@ def test_valid_names(name: str) -> None:
     assert validate_name(name) == name.strip()
 
 
+def test_names_are_nfc_normalised(tmp_path: Path, embedder, speech) -> None:
+    composed, decomposed = "Zo\u00eb", "Zoe\u0308"  # look the same; macOS and some browsers send the second
+    assert validate_name(decomposed) == composed
+    db = SpeakerDB(tmp_path / "db", embedder)
+    db.register(decomposed, [speech["1272"][0]])
+    db.register(composed, [speech["1272"][1]])
+    assert db.counts() == {composed: 2}  # one speaker, one folder
+    db.remove(decomposed)
+    assert len(db) == 0
+
+
 @pytest.mark.parametrize(
     "name",
     ["../x", "a/b", "a\\b", "\x00", "a\x00b", "", "   ", ".", "..", ".hidden", "a\nb", "tab\there", "x" * 1024]

@@ -100,9 +100,19 @@ def load_audio(
     return np.ascontiguousarray(wav, dtype=np.float32)
 
 
+def as_float_audio(wav: np.ndarray) -> np.ndarray:
+    """float32 in [-1, 1]; integer PCM (e.g. int16 from a sound card) is scaled, not clipped."""
+    wav = np.asarray(wav)
+    if np.issubdtype(wav.dtype, np.integer):
+        info = np.iinfo(wav.dtype)
+        centre, half_range = (info.max + info.min + 1) / 2, (info.max - info.min + 1) / 2
+        return ((wav.astype(np.float64) - centre) / half_range).astype(np.float32)
+    return wav.astype(np.float32, copy=False)
+
+
 def to_mono(wav: np.ndarray) -> np.ndarray:
-    """Downmix (N,), (N, C) or (C, N) arrays to (N,) float32; channels are the short axis."""
-    wav = np.asarray(wav, dtype=np.float32)
+    """Downmix (N,), (N, C) or (C, N) arrays to (N,) float32; channels are the short axis; integer PCM is scaled."""
+    wav = as_float_audio(wav)
     if wav.ndim == 1:
         return wav
     if wav.ndim != 2:

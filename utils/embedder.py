@@ -38,6 +38,22 @@ ONNX_INPUT, ONNX_OUTPUT = "features", "embedding"
 ONNX_METADATA_KEYS = ("model_config", "feature_config", "threshold", "meta")
 
 
+def segment_bounds(total: float, segment: float) -> list[tuple[float, float]]:
+    """[start, end) pieces of `segment` (samples or seconds); the last piece takes the rest, 0.5-1.5
+    segments long, so a short tail never gets a full vote. Up to 1.5 segments: one piece."""
+    bounds, start = [], 0
+    while total - start >= 1.5 * segment:
+        bounds.append((start, start + segment))
+        start += segment
+    bounds.append((start, total))
+    return bounds
+
+
+def _usable(wav: np.ndarray) -> bool:
+    """A segment worth a vote: long enough and not digital silence (the check_speech rules)."""
+    return len(wav) >= MIN_SECONDS * SAMPLE_RATE and float(np.max(np.abs(wav))) > 1e-4
+
+
 class Embedder:
     """Loads an inference model once; embeds files and arrays on CPU or GPU."""
 
@@ -97,16 +113,21 @@ class Embedder:
             raise AudioError(f"{name} contains NaN or infinite samples")
         wav = resample(wav, sample_rate, SAMPLE_RATE)
         check_speech(wav, SAMPLE_RATE, MIN_SECONDS, name)
-        return self._embed_long(wav)
+        return self._embed_long(wav, name)
 
-    def _embed_long(self, wav: np.ndarray) -> np.ndarray:
-        segment = int(self.segment_seconds * SAMPLE_RATE)
-        if len(wav) <= segment * 1.5:
+    def _embed_long(self, wav: np.ndarray, name: str = "audio") -> np.ndarray:
+        """Whole, or as the same segments embed_file streams; silent segments get no vote."""
+        bounds = segment_bounds(len(wav), int(self.segment_seconds * SAMPLE_RATE))
+        if len(bounds) == 1:
             return self.embed_waveforms([wav])[0]
-        pieces = [wav[i : i + segment] for i in range(0, len(wav), segment)]
-        if len(pieces[-1]) < segment // 2:  # a short tail would get a full vote: merge it
-            pieces[-2] = np.concatenate([pieces[-2], pieces.pop()])
-        return self._average([self.embed_waveforms([p])[0] for p in pieces], [len(p) for p in pieces])
+        embeddings, weights = [], []
+        for start, end in bounds:
+            if _usable(wav[start:end]):
+                embeddings.append(self.embed_waveforms([wav[start:end]])[0])
+                weights.append(end - start)
+        if not embeddings:
+            raise AudioError(f"{name} is silent (all samples are near zero)")
+        return self._average(embeddings, weights)
 
     @staticmethod
     def _average(embeddings: list[np.ndarray], weights: list[int]) -> np.ndarray:
@@ -120,18 +141,16 @@ class Embedder:
         if self.vad or seconds <= self.segment_seconds * 1.5:
             wav = load_audio(path, vad=self.vad)
             check_speech(wav, SAMPLE_RATE, MIN_SECONDS, str(path))
-            return self._embed_long(wav)
+            return self._embed_long(wav, str(path))
+        # stream the same segments _embed_long cuts, so file and array give the same embedding
         embeddings, weights = [], []
-        start = 0.0
-        while start < seconds:
-            length = self.segment_seconds if seconds - start >= self.segment_seconds * 1.5 else seconds - start
-            wav = load_audio(path, start_seconds=start, max_seconds=length)
-            if start == 0.0:
-                check_speech(wav, SAMPLE_RATE, MIN_SECONDS, str(path))
-            if len(wav) >= MIN_SECONDS * SAMPLE_RATE and np.max(np.abs(wav)) > 1e-4:
+        for start, end in segment_bounds(seconds, self.segment_seconds):
+            wav = load_audio(path, start_seconds=start, max_seconds=end - start)
+            if _usable(wav):
                 embeddings.append(self.embed_waveforms([wav])[0])
                 weights.append(len(wav))
-            start += length
+        if not embeddings:
+            raise AudioError(f"{path} is silent (all samples are near zero)")
         return self._average(embeddings, weights)
 
     def embed_files(

@@ -52,7 +52,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from utils.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioError, check_speech, load_audio, resample, to_mono
+from utils.audio import (
+    AUDIO_EXTENSIONS,
+    SAMPLE_RATE,
+    AudioError,
+    as_float_audio,
+    check_speech,
+    load_audio,
+    resample,
+    to_mono,
+)
 
 if TYPE_CHECKING:
     from utils.embedder import Embedder
@@ -78,7 +87,12 @@ class CacheWarning(UserWarning):
 
 
 def validate_name(name: str) -> str:
-    """The stripped name, or SpeakerDBError when it could not safely be a folder name inside the library."""
+    """The stripped, NFC-normalised name, or SpeakerDBError when it could not safely be a folder name inside
+    the library. NFC: "Zoë" typed as e + combining diaeresis (macOS, some browsers) is the same speaker."""
+    return unicodedata.normalize("NFC", _checked_name(name))
+
+
+def _checked_name(name: str) -> str:
     if not isinstance(name, str):
         raise SpeakerDBError(f"speaker name must be text, got {type(name).__name__}")
     clean = name.strip()
@@ -99,8 +113,9 @@ def validate_name(name: str) -> str:
 
 
 def _is_valid_name(name: str) -> bool:
+    """Folder names on disk are taken as they are (an older library may hold decomposed names)."""
     try:
-        return validate_name(name) == name
+        return _checked_name(name) == name
     except SpeakerDBError:
         return False
 
@@ -348,7 +363,7 @@ class SpeakerDB:
         if isinstance(wav, (str, os.PathLike)):
             emb = self.embedder.embed_file(wav)
         else:
-            emb = self.embedder.embed_array(_as_float(wav), sample_rate)
+            emb = self.embedder.embed_array(as_float_audio(wav), sample_rate)
         return self.recognize_embedding(emb)
 
     def recognize_embedding(self, emb: np.ndarray) -> Recognition:
@@ -424,7 +439,7 @@ class SpeakerDB:
             label = str(recording)
             wav = load_audio(recording)
         else:
-            wav = to_mono(_as_float(recording))
+            wav = to_mono(as_float_audio(recording))
             if not np.isfinite(wav).all():
                 raise AudioError(f"{label} contains NaN or infinite samples")
             wav = resample(wav, int(sample_rate), SAMPLE_RATE)
@@ -560,17 +575,6 @@ def _release(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
-
-
-def _as_float(wav: np.ndarray) -> np.ndarray:
-    """float32 in [-1, 1]; integer PCM (e.g. int16 from a sound card) is scaled, not clipped."""
-    wav = np.asarray(wav)
-    if np.issubdtype(wav.dtype, np.integer):
-        info = np.iinfo(wav.dtype)
-        return ((wav.astype(np.float64) - (info.max + info.min + 1) / 2) / ((info.max - info.min + 1) / 2)).astype(
-            np.float32
-        )
-    return wav.astype(np.float32, copy=False)
 
 
 def _is_audio(file_name: str) -> bool:
