@@ -185,3 +185,13 @@ def test_no_microphone_is_one_line_and_exit_1(library: Path, tmp_path: Path) -> 
     )
     result = run("--audio_db", library, env=env, stdin="0\n\n")
     one_line_error(result, "no microphone found", "--register NAME --audio_path FILE", "--recognize FILE")
+
+
+def test_unknown_message_never_reads_equal_numbers() -> None:
+    import infer_recognition
+    from utils.speaker_db import Recognition
+
+    close = Recognition(name=None, score=0.7491, runner_up="b", runner_up_score=0.1, best="a", threshold=0.75)
+    assert infer_recognition._describe(close) == "Unknown speaker (best: a 0.7491 < threshold 0.7500)"
+    far = Recognition(name=None, score=0.2, runner_up="b", runner_up_score=0.1, best="a", threshold=0.75)
+    assert infer_recognition._describe(far) == "Unknown speaker (best: a 0.20 < threshold 0.75)"
