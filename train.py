@@ -367,6 +367,7 @@ def main(argv: list[str] | None = None) -> None:
         total_steps = min(total_steps, args.max_steps)
     warmup_steps = int(args.warmup_epochs * steps_per_epoch)
     run_started = time.time()  # reset below for a resumed run; LambdaLR calls lr_factor(0) right away
+    budget_used = 0.0  # fraction of --max_minutes spent, the same on every rank (see synced_budget_used)
 
     def lr_factor(step: int) -> float:
         if step < warmup_steps:
@@ -375,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
             return args.lr_gamma ** (step // (args.lr_step * steps_per_epoch))
         progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
         if args.max_minutes:  # a time budget: decay by whichever runs out first, steps or time
-            progress = max(progress, (time.time() - run_started) / (args.max_minutes * 60))
+            progress = max(progress, budget_used)
         return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
@@ -461,6 +462,15 @@ def main(argv: list[str] | None = None) -> None:
     from tqdm import tqdm
 
     run_started = time.time() - (state_elapsed if args.resume else 0.0)
+
+    def synced_budget_used() -> float:
+        """Elapsed share of --max_minutes, taken as the max over ranks: every rank uses the same learning rate
+        and stops at the same step (a per-rank clock would let DDP replicas drift apart)."""
+        used = torch.tensor([(time.time() - run_started) / (args.max_minutes * 60)], device=device)
+        if world_size > 1:  # on the training device: NCCL cannot reduce CPU tensors
+            dist.all_reduce(used, op=dist.ReduceOp.MAX)
+        return float(used.item())
+
     stop = bool(args.max_steps) and global_step >= args.max_steps
     margin_warmup = max(args.margin_warmup_epochs * steps_per_epoch, 1)
     step_module.train()
@@ -487,6 +497,8 @@ def main(argv: list[str] | None = None) -> None:
             nn.utils.clip_grad_norm_(step_module.parameters(), args.grad_clip)
             scaler.step(optimizer)
             scaler.update()
+            if args.max_minutes:
+                budget_used = synced_budget_used()
             scheduler.step()
             global_step += 1
             step_in_epoch += 1
@@ -503,11 +515,8 @@ def main(argv: list[str] | None = None) -> None:
                 save_state(save_dir / "last" / "checkpoint.pt", epoch, step_in_epoch)
             if args.max_steps and global_step >= args.max_steps:
                 stop = True
-            if args.max_minutes:
-                out_of_time = torch.tensor(float(time.time() - run_started >= args.max_minutes * 60))
-                if world_size > 1:  # every rank must stop at the same step
-                    dist.all_reduce(out_of_time, op=dist.ReduceOp.MAX)
-                stop = stop or bool(out_of_time)
+            if args.max_minutes and budget_used >= 1.0:
+                stop = True
             if stop:
                 break
         bar.close()

@@ -134,3 +134,20 @@ def test_augmenter_is_deterministic_and_keeps_length(tmp_path: Path):
         Augmenter(rir_dir=str(tmp_path / "empty"))
     with pytest.raises(AudioError, match="not a directory"):
         Augmenter(noise_dir=str(tmp_path / "missing"))
+
+
+def test_synthetic_rir_is_a_room_not_an_echo_chamber() -> None:
+    from utils.audio import synthetic_rir
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        rir = synthetic_rir(rng)
+        assert int(np.argmax(np.abs(rir))) == 0  # the direct path comes first and is the strongest
+        drr_db = 10 * np.log10(rir[0] ** 2 / np.sum(rir[1:] ** 2))
+        assert -0.01 <= drr_db <= 12.01
+    # reverberant speech still resembles the dry speech (a -27 dB direct path made them uncorrelated)
+    t = np.arange(16000) / 16000
+    dry = (np.sin(2 * np.pi * 150 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    augmenter = Augmenter(noise_prob=0.0, reverb_prob=1.0, gain_db=0.0)
+    wet = augmenter._reverb(dry, np.random.default_rng(1))
+    assert wet.shape == dry.shape and np.corrcoef(dry, wet)[0, 1] > 0.5

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -94,13 +95,25 @@ def test_killed_run_resumes_to_the_same_result(lists: Path, tmp_path: Path):
         torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-3, msg=f"{key} differs after resume")
 
 
+def torchrun(lists: Path, save: Path, *extra: str) -> subprocess.CompletedProcess:
+    return run(["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(29500 + os.getpid() % 500),
+                "train.py", "--train_list_path", str(lists / "train_list.txt"), "--test_list_path", "",
+                "--save_model", str(save), *TINY, *extra])  # fmt: skip
+
+
 def test_torchrun_two_processes(lists: Path, tmp_path: Path):
-    result = run(["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(29500 + os.getpid() % 500),
-                  "train.py", "--train_list_path", str(lists / "train_list.txt"), "--test_list_path", "",
-                  "--save_model", str(tmp_path / "ddp"), "--max_steps", "5", "--epoch_size", "64", *TINY])  # fmt: skip
+    result = torchrun(lists, tmp_path / "ddp", "--max_steps", "5", "--epoch_size", "64")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 process(es)" in result.stdout and "done: 5 steps" in result.stdout
     assert (tmp_path / "ddp" / "inference.pt").is_file()
+
+
+def test_torchrun_stops_every_rank_at_the_time_budget(lists: Path, tmp_path: Path):
+    # the budget clock is all-reduced: both ranks stop at the same step (a mismatch would hang the collective)
+    result = torchrun(lists, tmp_path / "ddp", "--max_minutes", "0.01", "--epoch_size", "4000", "--warmup_epochs", "0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = int(re.search(r"done: (\d+) steps", result.stdout).group(1))
+    assert 1 <= steps < 500
 
 
 def test_bad_inputs_fail_in_one_line(tmp_path: Path):

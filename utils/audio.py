@@ -236,6 +236,28 @@ def list_audio_files(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
 
 
+def synthetic_rir(
+    rng: np.random.Generator,
+    sample_rate: int = SAMPLE_RATE,
+    rt60_range: tuple[float, float] = (0.2, 0.8),
+    drr_db_range: tuple[float, float] = (0.0, 12.0),
+) -> np.ndarray:
+    """A room impulse response: the direct path (sample 0), 1-5 ms of silence, then an exponentially
+    decaying noise tail scaled to a direct-to-reverberant ratio typical of rooms (0-12 dB). An unscaled
+    unit-variance tail would carry ~25 dB more energy than the direct path: speech lost in echo."""
+    rt60 = rng.uniform(*rt60_range)
+    n = int(sample_rate * rt60)
+    t = np.arange(n) / sample_rate
+    tail = rng.standard_normal(n) * np.exp(-6.9 * t / rt60)  # -60 dB at rt60
+    drr_db = rng.uniform(*drr_db_range)
+    tail *= np.sqrt(10.0 ** (-drr_db / 10.0) / (np.sum(tail**2) + 1e-12))
+    delay = int(rng.uniform(0.001, 0.005) * sample_rate)
+    rir = np.zeros(delay + n, dtype=np.float64)
+    rir[0] = 1.0
+    rir[delay:] += tail
+    return rir.astype(np.float32)
+
+
 class Augmenter:
     """Waveform augmentation for training, each part switchable.
 
@@ -313,12 +335,7 @@ class Augmenter:
                 return rir[: self.sample_rate]  # first second holds the useful tail
             except AudioError:
                 pass
-        rt60 = rng.uniform(0.2, 0.8)
-        n = int(self.sample_rate * rt60)
-        t = np.arange(n) / self.sample_rate
-        rir = rng.standard_normal(n) * np.exp(-6.9 * t / rt60)  # -60 dB at rt60
-        rir[0] = 1.0  # the direct path
-        return rir.astype(np.float32)
+        return synthetic_rir(rng, self.sample_rate)
 
     def _reverb(self, wav: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         from scipy.signal import fftconvolve
