@@ -450,6 +450,9 @@ def main(argv: list[str] | None = None) -> None:
 
     if is_main:
         save_dir.mkdir(parents=True, exist_ok=True)
+        # a run killed while writing leaves its temp file (the checkpoint it replaced is intact): tidy up
+        for stale in [*save_dir.glob(".*.tmp"), *save_dir.glob("*/.*.tmp")]:
+            stale.unlink(missing_ok=True)
         save_arguments(args, save_dir / "train_args.json")
     log_path = save_dir / "train_log.csv"
     writer = None
