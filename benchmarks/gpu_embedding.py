@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from utils.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, load_audio
+    from utils.checkpoint import atomic_write_text
     from utils.config import print_arguments
     from utils.embedder import Embedder
 
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"max cosine distance {args.device} vs cpu: {worst:.2e}")
     rows.append({"what": "max cosine distance device vs cpu", "value": worst})
     if args.json_path:
-        Path(args.json_path).write_text(json.dumps(rows, indent=2) + "\n")
+        atomic_write_text(args.json_path, json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":
