@@ -389,6 +389,10 @@ def test_killed_register_keeps_every_earlier_enrolment(shared_data: Path, tmp_pa
         assert (db / CACHE_NAME).is_file()
     # the command-line listing agrees
     assert infer_recognition.main(["--list", "--audio_db", str(db)]) == 0
+    # the next enrolment tidies away temp files a killed writer left (the library ignores them meanwhile)
+    (db / "earlier_a" / ".u1.wav.x1y2.tmp").write_bytes(b"half a wav")
+    SpeakerDB(db, embedder).register("later", [str(clip)])
+    assert not list(db.rglob("*.tmp"))
     assert hits[0] == 0, "killed during start-up, the first victim must have written nothing"
     print(f"recordings of each victim when it was killed: {hits} of 24")
 
