@@ -37,6 +37,7 @@ from utils.checkpoint import (
     atomic_torch_save,
     atomic_write_text,
     load_torch_file,
+    remove_stale_temp_files,
     save_inference_model,
 )
 from utils.config import (
@@ -450,9 +451,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if is_main:
         save_dir.mkdir(parents=True, exist_ok=True)
-        # a run killed while writing leaves its temp file (the checkpoint it replaced is intact): tidy up
-        for stale in [*save_dir.glob(".*.tmp"), *save_dir.glob("*/.*.tmp")]:
-            stale.unlink(missing_ok=True)
+        remove_stale_temp_files(save_dir)  # a run killed while writing a checkpoint leaves its temp file
         save_arguments(args, save_dir / "train_args.json")
     log_path = save_dir / "train_log.csv"
     writer = None

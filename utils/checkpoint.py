@@ -54,6 +54,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def remove_stale_temp_files(folder: str | os.PathLike) -> None:
+    """Delete the temp files atomic_write_bytes leaves in `folder` and its subfolders when its process is
+    killed mid-write (the file it was replacing is intact). Call only when no other writer can be active."""
+    folder = Path(folder)
+    for stale in [*folder.glob(".*.tmp"), *folder.glob("*/.*.tmp")]:
+        if stale.is_file() and not stale.is_symlink():
+            stale.unlink(missing_ok=True)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

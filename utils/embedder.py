@@ -50,8 +50,12 @@ def segment_bounds(total: float, segment: float) -> list[tuple[float, float]]:
 
 
 def _usable(wav: np.ndarray) -> bool:
-    """A segment worth a vote: long enough and not digital silence (the check_speech rules)."""
-    return len(wav) >= MIN_SECONDS * SAMPLE_RATE and float(np.max(np.abs(wav))) > 1e-4
+    """A segment worth a vote: one check_speech accepts (long enough, not digital silence)."""
+    try:
+        check_speech(wav, SAMPLE_RATE, MIN_SECONDS)
+    except AudioError:
+        return False
+    return True
 
 
 class Embedder:

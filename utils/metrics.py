@@ -137,20 +137,21 @@ def _curve_min_dcf(c: _Curve, p_target: float, c_miss: float, c_fa: float) -> tu
     return float(dcf[k]), float(c.thr[k])
 
 
-def _curve_tar_at_far(c: _Curve, far: float) -> float:
+def _curve_point_at_far(c: _Curve, far: float) -> int:
+    """Index of the operating point with the highest TAR whose FAR is <= far."""
     if not 0.0 <= far <= 1.0:
         raise ValueError(f"far must be in [0, 1], got {far}")
     # FAR is non-decreasing along the curve, so the best admissible point is the last with FAR <= far
-    k = int(np.searchsorted(c.fp, far * c.n_non * (1 + 1e-12), side="right")) - 1
-    return float(c.tp[k] / c.n_tar)
+    return int(np.searchsorted(c.fp, far * c.n_non * (1 + 1e-12), side="right")) - 1
+
+
+def _curve_tar_at_far(c: _Curve, far: float) -> float:
+    return float(c.tp[_curve_point_at_far(c, far)] / c.n_tar)
 
 
 def _curve_threshold_at_far(c: _Curve, far: float) -> float:
     """Threshold of the operating point `_curve_tar_at_far` picks: accept scores >= it, FAR <= far."""
-    if not 0.0 <= far <= 1.0:
-        raise ValueError(f"far must be in [0, 1], got {far}")
-    k = int(np.searchsorted(c.fp, far * c.n_non * (1 + 1e-12), side="right")) - 1
-    return float(c.thr[k])
+    return float(c.thr[_curve_point_at_far(c, far)])
 
 
 def _sweep_thresholds(start: float, stop: float, step: float) -> np.ndarray:

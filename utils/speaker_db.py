@@ -415,10 +415,13 @@ class SpeakerDB:
             # embed exactly what is stored (16-bit), so a later re-embed of the file gives the same vector
             emb = self.embedder.embed_array(pcm.astype(np.float32) / 32767.0, SAMPLE_RATE)
             prepared.append((_wav_bytes(pcm), np.asarray(emb, dtype=np.float32)))
-        from utils.checkpoint import atomic_write_bytes  # lazy: it imports torch, listing/removing need not
+        from utils.checkpoint import (  # lazy: it imports torch, listing/removing need not
+            atomic_write_bytes,
+            remove_stale_temp_files,
+        )
 
         with self._locked(write=True):
-            self._remove_stale_temp_files()
+            remove_stale_temp_files(self.root)  # under the write lock: no other writer is active
             folder = self.root / name
             if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
                 raise SpeakerDBError(f"cannot register {name}: {folder} exists and is not a folder")
@@ -451,7 +454,6 @@ class SpeakerDB:
         """Delete a speaker: root/<name>/ and any legacy root/<name>.<ext>; SpeakerDBError when unknown."""
         name = validate_name(name)
         with self._locked(write=True):
-            self._remove_stale_temp_files()
             self._sync_locked()
             folder = self.root / name
             legacy = [p for p in self.root.iterdir() if _is_audio(p.name) and p.stem == name and not p.is_dir()]
@@ -465,13 +467,6 @@ class SpeakerDB:
             for path in legacy:
                 path.unlink()
             self._sync_locked()
-
-    def _remove_stale_temp_files(self) -> None:
-        """Temp files of a writer that was killed mid-write (the files they were replacing are intact).
-        Only called under the write lock: no other writer can be using them."""
-        for stale in [*self.root.glob(".*.tmp"), *self.root.glob("*/.*.tmp")]:
-            if stale.is_file() and not stale.is_symlink():
-                stale.unlink(missing_ok=True)
 
     # lock
 
