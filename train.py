@@ -7,9 +7,16 @@ Usage:
     python train.py --resume                           # continue a killed run exactly
     torchrun --nproc_per_node=4 train.py ...           # DistributedDataParallel (NCCL on GPU, gloo on CPU)
 
+    python train.py --teacher resemblyzer              # also distil from the pretrained Resemblyzer encoder
+
+Honest selection: nothing is chosen on the set you report. By default the 3 training speakers
+with the most utterances are held out (--valid_speakers) as the validation split; it gives the
+per-epoch EER and the stored 1:1 (EER) and 1:N (1% false accepts) thresholds. The shipped model is
+the average of the last --average_last epoch checkpoints (no "best epoch" is picked).
+
 Outputs in --save_model: epoch_N/checkpoint.pt (full state, last 3 kept),
 last/checkpoint.pt (mid-epoch state), inference.pt (self-contained model for
-eval.py and the inference scripts, with the EER threshold of its best epoch),
+eval.py and the inference scripts, with the thresholds measured on the validation split),
 train_log.csv and train_args.json.
 """
 
@@ -50,8 +57,16 @@ from utils.config import (
     save_arguments,
     str2bool,
 )
-from utils.data import CropConfig, EpochSampler, ListError, TrainDataset, num_classes_of, read_list
-from utils.features import FEATURES, FeatureConfig, FeatureExtractor, spec_augment
+from utils.data import (
+    CropConfig,
+    EpochSampler,
+    ListError,
+    TrainDataset,
+    num_classes_of,
+    read_list,
+    split_validation,
+)
+from utils.features import FEATURES, LOG_FLOORS, FeatureConfig, FeatureExtractor, spec_augment
 from utils.heads import HEADS, build_head
 from utils.model import MODELS, POOLINGS, build_model, count_parameters
 
@@ -63,7 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
     # data
     add("--train_list_path", default="dataset/train_list.txt")
     add(
-        "--test_list_path", default="dataset/test_list.txt", help="speaker-disjoint list for per-epoch EER ('' to skip)"
+        "--valid_list_path",
+        default="",
+        help="validation list (speakers not in training) for per-epoch EER and the stored thresholds; "
+        "default: carve --valid_speakers out of the training list. Never pass the set you report",
+    )
+    add(
+        "--valid_speakers",
+        type=int,
+        default=3,
+        help="without --valid_list_path: hold out this many training speakers (those with the most "
+        "utterances) for validation (0 = no validation)",
     )
     add("--batch_size", type=int, default=64)
     add("--num_workers", type=int, default=2)
@@ -89,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     # features and model
     add("--feature", choices=FEATURES, default="fbank")
     add("--n_mels", type=int, default=80)
+    add("--log_floor", choices=LOG_FLOORS, default="relative", help="fbank log floor (relative = level-invariant)")
     add("--model", choices=sorted(MODELS), default="resnet34")
     add("--width", type=int, default=16, help="channels of the first stage (the original: 64)")
     add("--pooling", choices=POOLINGS, default="stats")
@@ -115,14 +141,28 @@ def build_parser() -> argparse.ArgumentParser:
     # run
     add("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     add("--seed", type=int, default=0)
-    add("--save_model", default="models/", help="output folder")
+    add(
+        "--save_model",
+        default="runs/model",
+        help="output folder; one run per folder (a folder holding another run needs --resume or --overwrite)",
+    )
+    add("--overwrite", action="store_true", help="replace the run already in --save_model")
     add("--save_every_steps", type=int, default=200, help="mid-epoch checkpoint period (0 = only at epoch ends)")
     add("--keep_checkpoints", type=int, default=3)
     add("--resume", type=str2bool, nargs="?", const=True, default=False, help="continue from the newest checkpoint")
     add("--pretrained_model", default=None, help="initialise the backbone from an inference.pt or checkpoint")
+    add(
+        "--average_last",
+        type=int,
+        default=3,
+        help="inference.pt = average of the last K epoch checkpoints (0 = the epoch with the best validation EER)",
+    )
+    add("--teacher", default=None, help="distil from 'resemblyzer' (pip install resemblyzer) or a model file")
+    add("--teacher_weight", type=float, default=5.0, help="weight of the distillation loss")
     add("--inference_half", type=str2bool, default=False, help="store inference.pt weights as fp16 (half the size)")
     add("--tensorboard", type=str2bool, default=False)
     add("--threads", type=int, default=0, help="CPU threads for torch (0 = torch default)")
+    add("--verbose", action="store_true", help="print the whole configuration first")
     return p
 
 
@@ -148,6 +188,31 @@ def newest_checkpoint(save_dir: Path) -> dict | None:
         if best is None or state["global_step"] > best["global_step"]:
             best = state
     return best
+
+
+RUN_FILES = ("train_args.json", "train_log.csv", "inference.pt", "last", "tensorboard")
+
+
+def run_files(save_dir: Path) -> list[Path]:
+    """What a training run writes into its folder (anything else there is the user's and left alone)."""
+    if not save_dir.is_dir():
+        return []
+    return [p for p in save_dir.iterdir() if p.name in RUN_FILES or (p.name.startswith("epoch_") and p.is_dir())]
+
+
+def claim_run_folder(save_dir: Path, resume: bool, overwrite: bool) -> None:
+    """One run per folder: a new run never mixes its logs and checkpoints with another run's."""
+    found = run_files(save_dir)
+    if not found or resume:
+        return
+    if not overwrite:
+        names = ", ".join(sorted(p.name for p in found)[:4])
+        fail(
+            f"{save_dir} holds another training run ({names}): pass --resume to continue it, --overwrite to "
+            "replace it, or choose another --save_model"
+        )
+    for path in found:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def prune_epochs(save_dir: Path, keep: int) -> None:
@@ -205,15 +270,47 @@ def load_pretrained(model: nn.Module, path: str) -> None:
 
 
 class TrainStep(nn.Module):
-    """Backbone + head as one module, so DDP synchronises both."""
+    """Backbone + head as one module, so DDP synchronises both; plus the distillation term when a
+    teacher's embeddings of the same crops are given."""
 
-    def __init__(self, model: nn.Module, head: nn.Module) -> None:
+    def __init__(self, model: nn.Module, head: nn.Module, teacher_weight: float = 0.0) -> None:
         super().__init__()
         self.model = model
         self.head = head
+        self.teacher_weight = teacher_weight
 
-    def forward(self, feats: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.head(self.model(feats), label)
+    def forward(
+        self, feats: torch.Tensor, label: torch.Tensor, teacher_emb: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = self.model(feats)
+        loss, acc = self.head(emb, label)
+        if teacher_emb is not None:
+            from utils.teacher import distillation_loss
+
+            loss = loss + self.teacher_weight * distillation_loss(emb, teacher_emb)
+        return loss, acc
+
+
+def average_epoch_models(save_dir: Path, last: int, current: dict, current_epoch: int) -> tuple[dict, list[int]]:
+    """Mean of the backbone weights of the current model and the newest `last - 1` epoch checkpoints on
+    disk (WeSpeaker-style averaging); returns (state_dict, the epochs averaged)."""
+    on_disk = sorted(
+        (int(p.name.split("_")[1]), p / "checkpoint.pt")
+        for p in save_dir.glob("epoch_*")
+        if p.name[6:].isdigit() and (p / "checkpoint.pt").is_file() and int(p.name[6:]) < current_epoch
+    )[-(last - 1) :] if last > 1 else []  # fmt: skip
+    total, used = None, []
+    for number, source in [*on_disk, (current_epoch, None)]:
+        state = current if source is None else load_torch_file(source)["model"]
+        if total is None:
+            total = {k: v.double().clone() if v.is_floating_point() else v.clone() for k, v in state.items()}
+        else:
+            for k, v in state.items():
+                if v.is_floating_point():
+                    total[k] += v.double()
+        used.append(number)
+    averaged = {k: (v / len(used)).float() if v.is_floating_point() else v for k, v in total.items()}
+    return averaged, used
 
 
 # evaluation
@@ -221,7 +318,9 @@ class TrainStep(nn.Module):
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, extractor: nn.Module, wavs: list[np.ndarray], labels: np.ndarray, device) -> dict:
-    """EER/minDCF over all pairs of the (speaker-disjoint) test list, whole utterances."""
+    """EER/minDCF over all pairs of the (speaker-disjoint) validation list, whole utterances."""
+    from tqdm import tqdm
+
     from utils.metrics import all_pairs_metrics
 
     model.eval()
@@ -232,7 +331,7 @@ def evaluate(model: nn.Module, extractor: nn.Module, wavs: list[np.ndarray], lab
             torch.nn.functional.normalize(model(extractor(torch.from_numpy(w)[None].to(device))).float(), dim=1)[0]
             .cpu()
             .numpy()
-            for w in wavs
+            for w in tqdm(wavs, desc="validation", leave=False, dynamic_ncols=True)
         ]
     )
     torch.backends.cudnn.benchmark = benchmark
@@ -240,17 +339,36 @@ def evaluate(model: nn.Module, extractor: nn.Module, wavs: list[np.ndarray], lab
     return all_pairs_metrics(emb, labels)
 
 
+def estimate_eval_seconds(model: nn.Module, extractor: nn.Module, wavs: list[np.ndarray], device) -> float:
+    """What one validation pass will cost, from timing the longest utterance (reserved in a time budget)."""
+    longest = max(wavs, key=len)
+    started = time.time()
+    with torch.inference_mode():
+        model.eval()
+        model(extractor(torch.from_numpy(longest)[None].to(device)))
+        model.train()
+    per_sample = (time.time() - started) / len(longest)
+    return 1.5 * per_sample * sum(len(w) for w in wavs)
+
+
 def main(argv: list[str] | None = None) -> None:
+    process_started = time.time()  # --max_minutes counts from here: start-up and evaluation are part of the budget
     args = parse_with_config(build_parser(), argv)
     check_positive(
         args,
         ("batch_size", "crop_seconds", "num_epoch", "learning_rate", "width", "embedding_dim", "n_mels", "scale",
          "lr_step", "eval_max_seconds", "keep_checkpoints", "grad_clip", "num_workers", "epoch_size", "max_steps",
-         "max_minutes", "save_every_steps", "warmup_epochs", "margin_warmup_epochs", "weight_decay", "threads"),
+         "max_minutes", "save_every_steps", "warmup_epochs", "margin_warmup_epochs", "weight_decay", "threads",
+         "valid_speakers", "average_last", "teacher_weight"),
         allow_zero=("num_workers", "epoch_size", "max_steps", "max_minutes", "save_every_steps", "warmup_epochs",
-                    "margin_warmup_epochs", "weight_decay", "threads"),
+                    "margin_warmup_epochs", "weight_decay", "threads", "valid_speakers", "average_last",
+                    "teacher_weight"),
     )  # fmt: skip
+    if args.average_last > args.keep_checkpoints:
+        fail(f"--average_last {args.average_last} needs --keep_checkpoints >= {args.average_last}")
     check_output_dir(args.save_model, "--save_model")
+    if args.resume and args.overwrite:
+        fail("--resume continues the run in --save_model, --overwrite replaces it: pass one of them")
 
     # distributed
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -265,18 +383,23 @@ def main(argv: list[str] | None = None) -> None:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    if is_main:
+    if is_main and args.verbose:
         print_arguments(args)
     random.seed(args.seed + rank)
     torch.manual_seed(args.seed + rank)
     save_dir = Path(args.save_model)
+    if is_main:
+        claim_run_folder(save_dir, args.resume, args.overwrite)
     torch.backends.cudnn.benchmark = True
 
     # data
     try:
         train_items = read_list(args.train_list_path)
+        if args.valid_list_path:
+            valid_items = read_list(args.valid_list_path)
+        else:
+            train_items, valid_items = split_validation(train_items, args.valid_speakers)
         num_speakers = num_classes_of(train_items)
-        test_items = read_list(args.test_list_path) if args.test_list_path else []
         augmenter = Augmenter(
             gain_db=args.gain_db,
             noise_prob=args.noise_prob,
@@ -318,17 +441,19 @@ def main(argv: list[str] | None = None) -> None:
         prefetch_factor=4 if args.num_workers > 0 else None,
     )
     test_wavs, test_labels = [], np.zeros(0, dtype=np.int64)
-    if is_main and test_items:
+    if is_main and valid_items:
         try:
-            test_wavs = [load_audio(path, max_seconds=args.eval_max_seconds) for path, _ in test_items]
+            test_wavs = [load_audio(path, max_seconds=args.eval_max_seconds) for path, _ in valid_items]
         except AudioError as exc:
-            fail(f"test list: {exc}")
-        test_labels = np.array([label for _, label in test_items])
+            fail(f"validation list: {exc}")
+        test_labels = np.array([label for _, label in valid_items])
         if len(set(test_labels.tolist())) < 2:
-            fail(f"{args.test_list_path} needs at least 2 speakers for verification trials")
+            fail(f"{args.valid_list_path or 'the validation split'} needs at least 2 speakers for verification trials")
+        where = args.valid_list_path or f"{len(set(test_labels.tolist()))} speakers held out of the training list"
+        print(f"validation: {len(valid_items)} utterances ({where}); it picks nothing you should report")
 
     # model
-    feature_config = FeatureConfig(feature=args.feature, n_mels=args.n_mels)
+    feature_config = FeatureConfig(feature=args.feature, n_mels=args.n_mels, log_floor=args.log_floor)
     extractor = FeatureExtractor(feature_config).to(device)
     model_config = {
         "name": args.model,
@@ -347,7 +472,15 @@ def main(argv: list[str] | None = None) -> None:
 
     # head
     head = build_head(args.head, args.embedding_dim, dataset.num_classes, margin=args.margin, scale=args.scale)
-    step_module = TrainStep(model, head).to(device)
+    step_module = TrainStep(model, head, args.teacher_weight if args.teacher else 0.0).to(device)
+    teacher = None
+    if args.teacher:
+        from utils.teacher import TeacherError, load_teacher
+
+        try:
+            teacher = load_teacher(args.teacher, device)
+        except TeacherError as exc:
+            fail(str(exc))
     if is_main:
         print(
             f"model {args.model} width {args.width} ({count_parameters(model) / 1e6:.2f} M parameters), "
@@ -372,10 +505,14 @@ def main(argv: list[str] | None = None) -> None:
 
     def lr_factor(step: int) -> float:
         if step < warmup_steps:
-            return (step + 1) / warmup_steps
+            warm = (step + 1) / warmup_steps
+            if args.max_minutes:  # a slow machine must not spend its whole budget warming up: at most a tenth
+                warm = max(warm, budget_used / 0.1)
+            if warm < 1.0:
+                return warm
         if args.scheduler == "step":
             return args.lr_gamma ** (step // (args.lr_step * steps_per_epoch))
-        progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+        progress = max(step - warmup_steps, 0) / max(total_steps - warmup_steps, 1)
         if args.max_minutes:  # a time budget: decay by whichever runs out first, steps or time
             progress = max(progress, budget_used)
         return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
@@ -463,18 +600,29 @@ def main(argv: list[str] | None = None) -> None:
     # loop
     from tqdm import tqdm
 
-    run_started = time.time() - (state_elapsed if args.resume else 0.0)
+    run_started = process_started - (state_elapsed if args.resume else 0.0)
+
+    # --max_minutes is the whole run: training stops early enough for the final validation and save
+    budget_seconds = args.max_minutes * 60
+    eval_reserve = 5.0 + (estimate_eval_seconds(train_module.model, extractor, test_wavs, device) if test_wavs else 0)
 
     def synced_budget_used() -> float:
-        """Elapsed share of --max_minutes, taken as the max over ranks: every rank uses the same learning rate
-        and stops at the same step (a per-rank clock would let DDP replicas drift apart)."""
-        used = torch.tensor([(time.time() - run_started) / (args.max_minutes * 60)], device=device)
+        """Elapsed share of the training part of --max_minutes, taken as the max over ranks: every rank uses the
+        same learning rate and stops at the same step (a per-rank clock would let DDP replicas drift apart)."""
+        train_seconds = max(budget_seconds - eval_reserve, budget_seconds * 0.1)
+        used = torch.tensor([(time.time() - run_started) / train_seconds], device=device)
         if world_size > 1:  # on the training device: NCCL cannot reduce CPU tensors
             dist.all_reduce(used, op=dist.ReduceOp.MAX)
         return float(used.item())
 
     stop = bool(args.max_steps) and global_step >= args.max_steps
     margin_warmup = max(args.margin_warmup_epochs * steps_per_epoch, 1)
+    if is_main and args.margin_warmup_epochs and hasattr(train_module.head, "set_margin_fraction"):
+        span = f"{args.margin_warmup_epochs:g} epoch(s)" + (" or a fifth of --max_minutes" if args.max_minutes else "")
+        print(f"note: the {args.head} margin grows from 0 to {args.margin} over the first {span}, "
+              "so the loss rises at first by design")  # fmt: skip
+    if is_main and teacher is not None:
+        print(f"distilling from {args.teacher} (weight {args.teacher_weight:g}): loss = {args.head} + distillation")
     step_module.train()
     while epoch < args.num_epoch and not stop:
         sampler.set_epoch(epoch, step_in_epoch)
@@ -485,14 +633,16 @@ def main(argv: list[str] | None = None) -> None:
         bar = tqdm(loader, total=len(sampler), disable=not is_main, desc=f"epoch {epoch}", dynamic_ncols=True)
         for wav, label in bar:
             if hasattr(train_module.head, "set_margin_fraction"):
-                train_module.head.set_margin_fraction(global_step / margin_warmup)
+                warm = global_step / margin_warmup
+                train_module.head.set_margin_fraction(max(warm, budget_used / 0.2) if args.max_minutes else warm)
             wav, label = wav.to(device, non_blocking=True), label.to(device, non_blocking=True)
+            teacher_emb = teacher(wav) if teacher is not None else None
             feats = extractor(wav)
             if args.spec_augment:
                 generator = torch.Generator().manual_seed(args.seed * 1_000_003 + global_step * 31 + rank)
                 feats = spec_augment(feats, generator)
             with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-                loss, acc = step_module(feats, label)
+                loss, acc = step_module(feats, label, teacher_emb)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -529,53 +679,70 @@ def main(argv: list[str] | None = None) -> None:
 
         # evaluate and save (rank 0); a run stopped mid-epoch is evaluated too and stays resumable
         if is_main:
+            train_seconds = time.time() - started
+            eval_started = time.time()
             row = {
                 "epoch": epoch - 1 if epoch_done else epoch,
                 "global_step": global_step,
                 "loss": round(float(sum_loss) / max(count, 1), 5),
                 "accuracy": round(float(sum_acc) / max(count, 1), 5),
                 "lr": scheduler.get_last_lr()[0],
-                "seconds": round(time.time() - started, 1),
+                "seconds": round(train_seconds, 1),
                 "eer": "",
                 "min_dcf": "",
             }
-            improved = not test_wavs
+            # the model to ship: the average of the newest epochs, or this epoch's weights
+            ship_model, averaged = train_module.model, []
+            if args.average_last:
+                current = {k: v.detach().cpu() for k, v in train_module.model.state_dict().items()}
+                state, averaged = average_epoch_models(save_dir, args.average_last, current, epoch)
+                ship_model = build_model(**model_config).to(device)
+                ship_model.load_state_dict(state)
             summary = f"epoch {row['epoch']}: loss {row['loss']:.4f} acc {row['accuracy']:.4f}"
+            improved = not test_wavs or bool(args.average_last)
+            metrics = None
             if test_wavs:
-                metrics = evaluate(train_module.model, extractor, test_wavs, test_labels, device)
+                metrics = evaluate(ship_model, extractor, test_wavs, test_labels, device)
                 row["eer"], row["min_dcf"] = round(metrics["eer"], 5), round(metrics["min_dcf"], 5)
-                improved = best["eer"] is None or metrics["eer"] <= best["eer"]
-                if improved:
-                    best = {"eer": metrics["eer"], "epoch": row["epoch"], "threshold": metrics["threshold"],
-                            "min_dcf": metrics["min_dcf"],
-                            "recognition_threshold": metrics["threshold_at_far_1pct"]}  # fmt: skip
+                improved = improved or best["eer"] is None or metrics["eer"] <= best["eer"]
+                what = f"average of epochs {','.join(map(str, averaged))}" if averaged else "model"
                 summary += (
-                    f" | test EER {metrics['eer']:.2%} minDCF(0.01) {metrics['min_dcf']:.4f}"
-                    f" threshold {metrics['threshold']:.3f}{' (best)' if improved else ''}"
+                    f" | validation EER ({what}) {metrics['eer']:.2%} minDCF(0.01) {metrics['min_dcf']:.4f}"
+                    f" threshold {metrics['threshold']:.3f}{' (best)' if improved and not averaged else ''}"
                 )
-            print(f"{summary} | {row['seconds']} s")
-            write_log_row(log_path, row)
-            if writer is not None:
-                for key in ("loss", "accuracy", "lr"):
-                    writer.add_scalar(f"train/{key}", row[key], global_step)
-                if row["eer"] != "":
-                    writer.add_scalar("test/eer", row["eer"], global_step)
-                    writer.add_scalar("test/min_dcf", row["min_dcf"], global_step)
+            if improved:
+                best = {"eer": None, "epoch": row["epoch"], "threshold": None, "min_dcf": None}
+                if metrics is not None:
+                    best.update(eer=metrics["eer"], threshold=metrics["threshold"], min_dcf=metrics["min_dcf"],
+                                recognition_threshold=metrics["threshold_at_far_1pct"])  # fmt: skip
+                meta = {"epoch": row["epoch"], "global_step": global_step, "averaged_epochs": averaged,
+                        "valid_eer": best["eer"], "valid_min_dcf": best["min_dcf"],
+                        "train_list": args.train_list_path, "teacher": args.teacher,
+                        "valid": args.valid_list_path or f"{args.valid_speakers} speakers held out of train_list",
+                        "selection": f"average of the last {args.average_last} epochs" if args.average_last
+                        else "epoch with the best validation EER"}  # fmt: skip
+                if best.get("recognition_threshold") is not None:  # 1:N operating point: 1% false accepts
+                    meta["recognition_threshold"] = best["recognition_threshold"]
+                save_inference_model(
+                    save_dir / "inference.pt", ship_model, model_config, feature_config.to_dict(),
+                    best["threshold"], meta, half=args.inference_half,
+                )  # fmt: skip
             if epoch_done:
                 save_state(save_dir / f"epoch_{epoch}" / "checkpoint.pt", epoch, 0)
                 prune_epochs(save_dir, args.keep_checkpoints)
             else:
                 save_state(save_dir / "last" / "checkpoint.pt", epoch, step_in_epoch)
-            if improved:
-                meta = {"epoch": row["epoch"], "global_step": global_step, "eer": best["eer"],
-                        "min_dcf": best["min_dcf"], "train_list": args.train_list_path,
-                        "test_list": args.test_list_path}  # fmt: skip
-                if best.get("recognition_threshold") is not None:  # 1:N operating point: 1% false accepts on test
-                    meta["recognition_threshold"] = best["recognition_threshold"]
-                save_inference_model(
-                    save_dir / "inference.pt", train_module.model, model_config, feature_config.to_dict(),
-                    best["threshold"], meta, half=args.inference_half,
-                )  # fmt: skip
+            eval_seconds = time.time() - eval_started
+            eval_reserve = 1.25 * eval_seconds + 5.0
+            row["eval_seconds"] = round(eval_seconds, 1)
+            print(f"{summary} | train {row['seconds']} s, validation and save {row['eval_seconds']} s")
+            write_log_row(log_path, row)
+            if writer is not None:
+                for key in ("loss", "accuracy", "lr"):
+                    writer.add_scalar(f"train/{key}", row[key], global_step)
+                if row["eer"] != "":
+                    writer.add_scalar("valid/eer", row["eer"], global_step)
+                    writer.add_scalar("valid/min_dcf", row["min_dcf"], global_step)
         if world_size > 1:
             dist.barrier()
 
@@ -584,7 +751,13 @@ def main(argv: list[str] | None = None) -> None:
         where = f"inference model at {inference_path}" if inference_path.is_file() else "no inference model written"
         print(f"done: {global_step} steps; {where}")
         if best["eer"] is not None:
-            print(f"best test EER {best['eer']:.2%} at epoch {best['epoch']} (threshold {best['threshold']:.3f})")
+            print(f"validation EER of the shipped model {best['eer']:.2%} (threshold {best['threshold']:.3f})")
+        if inference_path.is_file():
+            model_arg = f"--model_path {inference_path}"
+            print("next:")
+            print(f"  python eval.py {model_arg}                      # EER on dataset/test_list.txt, once")
+            print(f"  python infer_contrast.py {model_arg} --audio_path1 A.wav --audio_path2 B.wav")
+            print(f"  python infer_recognition.py {model_arg} --audio_db audio_db --recognize C.wav")
     if writer is not None:
         writer.close()
     if world_size > 1:

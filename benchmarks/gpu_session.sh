@@ -11,7 +11,7 @@ export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null; $PY -c "import torch;print('torch',torch.__version__)") | tee "$OUT/session.log"
 [ -n "${SKIP_BENCH:-}" ] || $PY benchmarks/train_throughput.py --device "$DEVICE" --amp both --batch_sizes 128 256 --seconds "$BENCH_SECONDS" \
     --recipes original default w32 --json_path "$OUT/throughput.json" 2>&1 | tee -a "$OUT/session.log"
-common="--train_list_path .gpu/lists/train_list.txt --test_list_path .gpu/lists/test_list.txt --device $DEVICE
+common="--train_list_path .gpu/lists/train_list.txt --device $DEVICE
         --cache_audio true --amp true --max_minutes $MINUTES --num_epoch 1000 --epoch_size 25600 --batch_size 128
         --save_every_steps 0 --inference_half true"
 run() { name=$1; shift; $PY train.py $common --save_model "runs/$name" "$@" > "runs_$name.log" 2>&1; }

@@ -48,7 +48,7 @@ SHARED_DATA = Path(os.environ.get("VOICEPRINT_SHARED_DATA", ROOT.parent / "share
 
 TINY_TRAIN = ["--model", "resnet18", "--width", "8", "--embedding_dim", "32", "--crop_seconds", "1.0",
               "--batch_size", "4", "--epoch_size", "4", "--num_workers", "0", "--device", "cpu", "--threads", "1",
-              "--max_steps", "1", "--test_list_path", "", "--noise_prob", "0", "--reverb_prob", "0"]  # fmt: skip
+              "--max_steps", "1", "--valid_speakers", "0", "--noise_prob", "0", "--reverb_prob", "0"]  # fmt: skip
 HOUR_RSS_LIMIT_MB = 1500
 
 # what the user saw for every row: (area, row, command, outcome); written as Markdown when asked (see docstring)

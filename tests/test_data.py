@@ -69,3 +69,19 @@ def test_dataset_crops_are_reproducible_and_speed_labels_extend_classes(shared_d
     cached = TrainDataset(dataset.items, 2, CropConfig(1.0), seed=1, cache_audio=True)
     cached.preload(num_workers=0)
     assert len(cached.cache) == 2 and cached[(0, 0)][0].shape == (16000,)
+
+
+def test_validation_split_holds_out_whole_speakers_with_the_most_utterances():
+    from utils.data import split_validation
+
+    items = [(f"s{label}_{k}.wav", label) for label, count in ((0, 5), (1, 1), (2, 7), (3, 3), (4, 7)) for k in
+             range(count)]  # fmt: skip
+    train, valid = split_validation(items, 2)
+    assert {label for _, label in valid} == {2, 4}  # 7 utterances each; ties go to the lower label
+    assert len(valid) == 14 and not {p for p, _ in valid} & {p for p, _ in train}
+    # the remaining speakers are renumbered 0..K-1 in order, so the head has no unused classes
+    assert sorted({label for _, label in train}) == [0, 1, 2]
+    assert ("s3_0.wav", 2) in train and ("s1_0.wav", 1) in train
+    assert split_validation(items, 0) == (items, [])
+    with pytest.raises(ListError, match="speaker\\(s\\) with 2\\+ utterances"):
+        split_validation([("a.wav", 0), ("b.wav", 0), ("c.wav", 1)], 3)

@@ -31,6 +31,11 @@ def test_fbank_matches_librosa_log_mel():
     mel = librosa.filters.mel(sr=16000, n_fft=512, n_mels=80, fmin=20.0, fmax=8000.0) @ power
     expected = np.log(mel + 1e-6)
     expected -= expected.mean(axis=1, keepdims=True)
+    ours = FeatureExtractor(FeatureConfig(feature="fbank", log_floor="absolute"))(torch.from_numpy(wav))[0].numpy()
+    np.testing.assert_allclose(ours, expected, atol=1e-3)
+    # the relative floor sits at a fixed share of the clip's mean mel energy
+    expected = np.log(mel + 2e-5 * mel.mean())
+    expected -= expected.mean(axis=1, keepdims=True)
     ours = FeatureExtractor(FeatureConfig(feature="fbank"))(torch.from_numpy(wav))[0].numpy()
     np.testing.assert_allclose(ours, expected, atol=1e-3)
 
@@ -48,6 +53,26 @@ def test_fbank_is_gain_invariant():
     extractor = FeatureExtractor(FeatureConfig())
     wav = torch.randn(1, 16000) * 0.1
     torch.testing.assert_close(extractor(wav), extractor(wav * 4.0), atol=1e-3, rtol=1e-3)
+
+
+def test_relative_floor_makes_quiet_speech_look_like_loud_speech(shared_data):
+    # real speech with pauses: the absolute floor flattens a -40 dB copy's quiet frames, the relative one does not
+    from utils.audio import load_audio
+
+    path = sorted((shared_data / "librispeech" / "dev-clean").rglob("*.mp3"))[0]
+    wav = torch.from_numpy(load_audio(path, max_seconds=6))[None]
+    relative = FeatureExtractor(FeatureConfig())
+    torch.testing.assert_close(relative(wav * 0.01), relative(wav), atol=1e-3, rtol=1e-3)
+    absolute = FeatureExtractor(FeatureConfig(log_floor="absolute"))
+    assert (absolute(wav * 0.01) - absolute(wav)).abs().mean() > 0.3
+
+
+def test_models_stored_before_the_floor_option_keep_the_absolute_floor():
+    old = {"feature": "fbank", "sample_rate": 16000, "n_fft": 512, "win_length": 400, "hop_length": 160, "n_mels": 80}
+    assert FeatureConfig.from_dict(old).log_floor == "absolute"
+    assert FeatureConfig.from_dict(FeatureConfig().to_dict()).log_floor == "relative"
+    with pytest.raises(ValueError, match="unknown log floor"):
+        FeatureConfig(log_floor="none")
 
 
 def test_unknown_feature_is_rejected():

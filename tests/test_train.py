@@ -43,11 +43,11 @@ def lists(shared_data: Path, tmp_path_factory) -> Path:
 
 def test_create_data_then_train_then_inference_model(lists: Path, tmp_path: Path):
     save = tmp_path / "model"
-    result = run(["train.py", "--train_list_path", str(lists / "train_list.txt"), "--test_list_path",
+    result = run(["train.py", "--train_list_path", str(lists / "train_list.txt"), "--valid_list_path",
                   str(lists / "test_list.txt"), "--save_model", str(save), "--epoch_size", "8", "--num_epoch", "2",
                   "--eval_max_seconds", "4", *TINY])  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "test EER" in result.stdout and "done: 4 steps" in result.stdout
+    assert "validation EER" in result.stdout and "done: 4 steps" in result.stdout
     model, info = load_inference_model(save / "inference.pt")
     assert info["model_config"]["name"] == "resnet18"
     assert info["feature_config"]["feature"] == "fbank"
@@ -62,9 +62,63 @@ def test_create_data_then_train_then_inference_model(lists: Path, tmp_path: Path
     assert state["head"]["weight"].shape[0] == 12
 
 
+def test_validation_split_averaged_model_and_a_teacher(lists: Path, tmp_path: Path):
+    """Selection never sees the test list: 2 training speakers are held out, the shipped model is the mean of the
+    last 2 epochs, thresholds come from the held-out speakers; a model file teaches the student."""
+    save = tmp_path / "model"
+    result = run(["train.py", "--train_list_path", str(lists / "train_list.txt"), "--valid_speakers", "2",
+                  "--average_last", "2", "--save_model", str(save), "--epoch_size", "8", "--num_epoch", "3",
+                  "--eval_max_seconds", "4", "--teacher", "models/voiceprint_resnet34.pt", *TINY])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "2 speakers held out of the training list" in result.stdout
+    assert "distilling from models/voiceprint_resnet34.pt" in result.stdout
+    assert "validation EER (average of epochs 2,3)" in result.stdout
+    _, info = load_inference_model(save / "inference.pt")
+    assert info["meta"]["averaged_epochs"] == [2, 3] and info["meta"]["teacher"] == "models/voiceprint_resnet34.pt"
+    assert 0.0 <= info["meta"]["valid_eer"] <= 1.0 and -1.0 <= info["threshold"] <= 1.0
+    # the head only has the 2 remaining training speakers (x 3 speed copies)
+    assert load_torch_file(save / "epoch_3" / "checkpoint.pt")["head"]["weight"].shape[0] == 6
+    shipped = load_torch_file(save / "inference.pt")["state_dict"]
+    two, three = (load_torch_file(save / f"epoch_{n}" / "checkpoint.pt")["model"] for n in (2, 3))
+    for key, value in shipped.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, (two[key] + three[key]) / 2, atol=1e-5, rtol=1e-4)
+
+
+def test_a_second_run_never_mixes_with_the_first(lists: Path, tmp_path: Path):
+    save = tmp_path / "model"
+    common = ["train.py", "--train_list_path", str(lists / "train_list.txt"), "--valid_speakers", "0",
+              "--max_steps", "1", "--epoch_size", "8", "--save_model", str(save), *TINY]  # fmt: skip
+    assert run(common).returncode == 0
+    (save / "notes.txt").write_text("mine")
+    before = (save / "inference.pt").read_bytes()
+    second = run(common)
+    assert second.returncode == 1 and "holds another training run" in second.stderr
+    assert "--resume" in second.stderr and "--overwrite" in second.stderr and "Traceback" not in second.stderr
+    assert (save / "inference.pt").read_bytes() == before
+    third = run([*common, "--overwrite"])
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert [r.split(",")[0] for r in (save / "train_log.csv").read_text().splitlines()] == ["epoch", "0"]
+    assert (save / "notes.txt").read_text() == "mine"  # only the run's own files are replaced
+    assert "python eval.py --model_path" in third.stdout  # what to do next, with this model
+
+
+def test_time_budget_includes_the_final_validation(lists: Path, tmp_path: Path):
+    budget_minutes = 0.4
+    started = time.time()
+    result = run(["train.py", "--train_list_path", str(lists / "train_list.txt"), "--valid_speakers", "2",
+                  "--max_minutes", str(budget_minutes), "--epoch_size", "4000", "--save_model", str(tmp_path / "m"),
+                  *TINY])  # fmt: skip
+    elapsed = time.time() - started
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "validation EER" in result.stdout
+    # the run (validation and save included) ends within its budget, plus start-up (imports, loading audio)
+    assert elapsed < budget_minutes * 60 + 25, f"{elapsed:.0f} s for a {budget_minutes * 60:.0f} s budget"
+
+
 def test_killed_run_resumes_to_the_same_result(lists: Path, tmp_path: Path):
     """SIGKILL at random moments, then --resume: same step count and the same weights as an unbroken run."""
-    common = ["train.py", "--train_list_path", str(lists / "train_list.txt"), "--test_list_path", "",
+    common = ["train.py", "--train_list_path", str(lists / "train_list.txt"), "--valid_speakers", "0",
               "--epoch_size", "24", "--num_epoch", "2", "--save_every_steps", "1", "--keep_checkpoints", "1", *TINY]  # fmt: skip
     reference = run([*common, "--save_model", str(tmp_path / "reference")])
     assert reference.returncode == 0, reference.stderr[-2000:]
@@ -100,7 +154,7 @@ def test_killed_run_resumes_to_the_same_result(lists: Path, tmp_path: Path):
 
 def torchrun(lists: Path, save: Path, *extra: str) -> subprocess.CompletedProcess:
     return run(["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(29500 + os.getpid() % 500),
-                "train.py", "--train_list_path", str(lists / "train_list.txt"), "--test_list_path", "",
+                "train.py", "--train_list_path", str(lists / "train_list.txt"), "--valid_speakers", "0",
                 "--save_model", str(save), *TINY, *extra])  # fmt: skip
 
 
@@ -134,7 +188,7 @@ def test_bad_inputs_fail_in_one_line(tmp_path: Path):
 
 
 def test_pretrained_model_initialises_the_backbone(lists: Path, tmp_path: Path):
-    base = ["train.py", "--train_list_path", str(lists / "train_list.txt"), "--test_list_path", "", "--max_steps", "1",
+    base = ["train.py", "--train_list_path", str(lists / "train_list.txt"), "--valid_speakers", "0", "--max_steps", "1",
             "--epoch_size", "8", *TINY]  # fmt: skip
     first = run([*base, "--save_model", str(tmp_path / "first")])
     assert first.returncode == 0, first.stderr[-2000:]
@@ -158,14 +212,14 @@ def test_mid_epoch_checkpoints_follow_save_every_steps(lists: Path, tmp_path: Pa
         train, "atomic_torch_save", lambda obj, path: saved.append((Path(path).parent.name, obj["global_step"])) or
         real_save(obj, path),
     )  # fmt: skip
-    train.main(["--train_list_path", str(lists / "train_list.txt"), "--test_list_path", "", "--save_model",
+    train.main(["--train_list_path", str(lists / "train_list.txt"), "--valid_speakers", "0", "--save_model",
                 str(tmp_path / "m"), "--epoch_size", "400", "--max_steps", "7", "--save_every_steps", "3",
                 "--warmup_epochs", "0", "--max_minutes", "10", *TINY])  # fmt: skip
     assert [step for folder, step in saved if folder == "last"] == [3, 6, 7]
 
 
 def test_resumed_epoch_has_one_log_row_with_the_whole_epoch(lists: Path, tmp_path: Path) -> None:
-    common = ["train.py", "--train_list_path", str(lists / "train_list.txt"), "--test_list_path", "",
+    common = ["train.py", "--train_list_path", str(lists / "train_list.txt"), "--valid_speakers", "0",
               "--epoch_size", "24", "--num_epoch", "1", "--noise_prob", "0", *TINY]  # fmt: skip
     unbroken = run([*common, "--save_model", str(tmp_path / "a")])
     assert unbroken.returncode == 0, unbroken.stderr[-2000:]

@@ -90,6 +90,32 @@ def num_classes_of(items: Sequence[tuple[str, int]]) -> int:
     return labels[-1] + 1
 
 
+def split_validation(
+    items: Sequence[tuple[str, int]], num_speakers: int
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """Hold out whole training speakers for model selection and thresholds: (train, valid).
+
+    The `num_speakers` speakers with the most utterances are held out (ties: lowest label),
+    so the split is the same on every run and every rank and has same-speaker trials. The
+    remaining training labels are renumbered 0..K-1.
+    """
+    counts: dict[int, int] = {}
+    for _, label in items:
+        counts[label] = counts.get(label, 0) + 1
+    eligible = sorted((label for label, n in counts.items() if n >= 2), key=lambda label: (-counts[label], label))
+    held = set(eligible[:num_speakers])
+    if num_speakers and len(held) < 2:
+        raise ListError(
+            f"--valid_speakers {num_speakers}: the training list has {len(held)} speaker(s) with 2+ utterances; "
+            "pass --valid_list_path or --valid_speakers 0"
+        )
+    kept = sorted({label for _, label in items} - held)
+    renumber = {label: i for i, label in enumerate(kept)}
+    train = [(path, renumber[label]) for path, label in items if label not in held]
+    valid = [(path, label) for path, label in items if label in held]
+    return train, valid
+
+
 # training data
 
 

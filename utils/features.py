@@ -21,6 +21,10 @@ import torch
 from torch import nn
 
 FEATURES = ("spectrogram", "fbank")
+LOG_FLOORS = ("relative", "absolute")
+# relative log floor, as a share of the example's mean mel energy (47 dB below it): for LibriSpeech
+# at its usual -23 dBFS (mean mel energy ~5e-2) this is where the old absolute floor 1e-6 sat
+RELATIVE_FLOOR = 2e-5
 
 
 @dataclass
@@ -31,10 +35,15 @@ class FeatureConfig:
     win_length: int = 400
     hop_length: int = 160
     n_mels: int = 80
+    # log floor of fbank: "relative" (to each example's mean energy) makes the features of a clip
+    # independent of its level; "absolute" (1e-6) is what models made before it used
+    log_floor: str = "relative"
 
     def __post_init__(self) -> None:
         if self.feature not in FEATURES:
             raise ValueError(f"unknown feature {self.feature!r}; choose from {', '.join(FEATURES)}")
+        if self.log_floor not in LOG_FLOORS:
+            raise ValueError(f"unknown log floor {self.log_floor!r}; choose from {', '.join(LOG_FLOORS)}")
 
     @property
     def num_bins(self) -> int:
@@ -51,7 +60,9 @@ class FeatureConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureConfig:
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        known = {k: v for k, v in data.items() if k in names}
+        known.setdefault("log_floor", "absolute")  # stored before the option existed
+        return cls(**known)
 
 
 def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
@@ -121,7 +132,13 @@ class FeatureExtractor(nn.Module):
             return (mag - mean) / (std + 1e-5)
         power = spec.real.square() + spec.imag.square()
         mel = torch.matmul(self.mel_filters, power)  # (B, n_mels, T)
-        logmel = torch.log(mel + 1e-6)
+        if c.log_floor == "relative":
+            # scaling the waveform by g scales mel and the floor by g^2: after mean normalisation
+            # over time the features do not change at all (a quiet clip scores like a loud one)
+            floor = RELATIVE_FLOOR * mel.mean(dim=(1, 2), keepdim=True).clamp_min(1e-20)
+        else:
+            floor = 1e-6
+        logmel = torch.log(mel + floor)
         return logmel - logmel.mean(dim=2, keepdim=True)
 
 
