@@ -41,7 +41,7 @@ import numpy as np
 import soundfile as sf
 
 from utils.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioError, audio_info, format_short_seconds, load_audio
-from utils.config import fail, print_arguments, save_arguments
+from utils.config import HelpFormatter, fail, print_arguments, save_arguments
 
 FORMATS = ("zhvoice", "folder", "flat")
 CONVERTED_SUFFIX = ".16k.wav"  # name of the conversion of a source that is itself a .wav
@@ -55,7 +55,7 @@ class DataError(ValueError):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Create train/test list files (<audio path>\\t<label>) from a speech corpus.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     # data
     parser.add_argument(
@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --convert_to_wav: delete each source once its WAV is verified",
     )
+    parser.add_argument("--verbose", action="store_true", help="print the whole configuration first")
     return parser
 
 
@@ -709,7 +710,8 @@ def write_outputs(
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    print_arguments(args)
+    if args.verbose:
+        print_arguments(args)
     try:
         create_lists(args)
     except (DataError, AudioError) as exc:

@@ -11,7 +11,7 @@ Usage:
 Whole recordings are embedded (long ones segment by segment). A file that cannot be decoded is skipped
 with a warning and counted; its pairs / trials are left out.
 
-The original's "best accuracy" threshold sweep (0.00 to 0.99, step 0.01) is printed next to the accuracy of
+The original's "best accuracy" threshold sweep (here over the whole cosine range, -1.00 to 1.00, step 0.01) is printed next to the accuracy of
 always answering "different speaker": with all pairs, most trials are non-target, so accuracy says little.
 EER and minDCF are the numbers to compare.
 """
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from utils.config import check_output_dir, check_output_file, fail, print_arguments
+from utils.config import HelpFormatter, check_output_dir, check_output_file, describe_model, fail, print_arguments
 
 AS_NORM_MAX_UTTERANCES = 5000  # all-pairs AS-norm keeps every score: 5000 utterances = 12.5 M pairs (100 MB)
 PLOT_MAX_PAIRS = 2_000_000
@@ -39,7 +39,7 @@ P_TARGETS = (0.01, 0.001)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Evaluate speaker verification (EER, minDCF, TAR@FAR) on a list or a trials file.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     # data
     parser.add_argument(
@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     # output
     parser.add_argument("--json_path", default=None, help="write the metrics here as JSON")
     parser.add_argument("--plot_dir", default=None, help="write det_curve.png and score_histogram.png here")
+    parser.add_argument("--verbose", action="store_true", help="print the whole configuration first")
     return parser
 
 
@@ -267,7 +268,7 @@ def format_report(m: dict[str, Any], title: str) -> str:
         f"  minDCF (p_target 0.001): {m['min_dcf_0.001']:.4f}",
         f"  TAR at FAR 1%: {100 * m['tar_at_far_1pct']:.2f}% (threshold {m['threshold_at_far_1pct']:.4f})"
         f"   TAR at FAR 0.1%: {100 * m['tar_at_far_0.1pct']:.2f}%",
-        f"  best accuracy (thresholds 0.00-0.99): {100 * m['best_accuracy']:.2f}% at {m['best_accuracy_threshold']:.2f}"
+        f"  best accuracy (thresholds -1.00..1.00): {100 * m['best_accuracy']:.2f}% at {m['best_accuracy_threshold']:.2f}"
         f"   vs always answering 'different': {pct:.2f}%",
         f"  (accuracy is {'meaningless' if pct >= 90 else 'a weak measure'} here: {pct:.1f}% of trials are"
         " non-target; compare EER and minDCF)",
@@ -324,7 +325,7 @@ def save_plots(
     ax.set_ylabel("false rejection rate (%)")
     ax.set_title("DET curve (dot: EER)")
     ax.grid(True, linewidth=0.4)
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="lower left", fontsize=8)  # the curve runs from top left to bottom right: this corner is free
     fig.tight_layout()
     save(fig, "det_curve.png")
 
@@ -372,7 +373,8 @@ def _metrics(fn: Any, *args: Any) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    print_arguments(args)
+    if args.verbose:
+        print_arguments(args)
     check_output_file(args.json_path, "--json_path")
     check_output_dir(args.plot_dir, "--plot_dir")
     try:
@@ -423,7 +425,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from utils.embedder import Embedder
 
     embedder = Embedder(args.model_path, device=args.device)
-    print(f"model: {args.model_path} on {embedder.device}, stored threshold {embedder.threshold}")
+    print(
+        f"{describe_model(args.model_path, embedder.info)} on {embedder.device}, stored threshold {embedder.threshold}"
+    )
 
     # embeddings
     start = time.time()
@@ -506,7 +510,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(
             format_report(norm_metrics, f"AS-norm scores ({len(cohort)} cohort speakers, top {norm_metrics['top_k']}):")
         )
-        print("  (AS-norm scores are not cosines: the 0.00-0.99 accuracy sweep does not suit them)")
+        print("  (AS-norm scores are not cosines: the cosine accuracy sweep does not suit them)")
         plot_norm = (norm, norm_y)
 
     # outputs

@@ -28,13 +28,15 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from utils.config import HelpFormatter
+
 ROOT = Path(__file__).resolve().parent
 SHARED_DATA = Path(os.environ.get("VOICEPRINT_SHARED_DATA", ROOT.parent / "shared" / "data"))
 MAX_VERIFY_SECONDS = 30.0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add = p.add_argument
     # model
     add("--model_path", default="models/voiceprint_resnet34.pt", help="inference model (.pt) to export")
@@ -42,8 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--opset", type=int, default=17, help="ONNX opset version")
     # verification
     add("--verify_files", nargs="*", default=None, help="audio files to compare on (default: real speech)")
-    add("--num_verify", type=int, default=4, help="number of default verification recordings")
+    add(
+        "--num_verify",
+        type=int,
+        default=4,
+        help="how many recordings verify the export when --verify_files is not given",
+    )
     add("--tolerance", type=float, default=1e-4, help="largest accepted cosine distance ONNX vs PyTorch")
+    p.add_argument("--verbose", action="store_true", help="print the whole configuration first")
     return p
 
 
@@ -193,7 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     args.model_path = resolve_model_path(args.model_path)
     if args.output is None:
         args.output = str(Path(args.model_path).with_suffix(".onnx"))
-    print_arguments(args)
+    if args.verbose:
+        print_arguments(args)
     check_output_file(args.output, "--output")
     if Path(args.output).resolve() == Path(args.model_path).resolve():
         fail(f"--output {args.output} would overwrite the model being exported")

@@ -14,7 +14,7 @@ import argparse
 import json
 import math
 
-from utils.config import check_output_file, fail, print_arguments
+from utils.config import HelpFormatter, check_output_file, describe_model, fail, print_arguments
 
 FALLBACK_THRESHOLD = 0.5
 
@@ -22,7 +22,7 @@ FALLBACK_THRESHOLD = 0.5
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Decide whether two recordings are the same speaker.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     # data
     parser.add_argument("--audio_path1", default="audio/a_1.wav", help="first recording")
@@ -38,12 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # output
     parser.add_argument("--json_path", default=None, help="also write the result here as JSON")
+    parser.add_argument("--verbose", action="store_true", help="print the whole configuration first")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    print_arguments(args)
+    if args.verbose:
+        print_arguments(args)
     # torch is not imported yet: check the cheap things first so a typo fails in well under a second
     from utils.audio import AudioError, audio_info
 
@@ -77,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     same = score >= threshold
     verdict = "are the same person" if same else "are not the same person"
     print(f"{args.audio_path1} and {args.audio_path2} {verdict}, similarity: {score:.4f} (threshold {threshold:.3f})")
+    print(describe_model(embedder.model_path, embedder.info))
 
     if args.json_path:
         from utils.checkpoint import atomic_write_text

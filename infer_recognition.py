@@ -25,17 +25,19 @@ import argparse
 import json
 import math
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-from utils.config import check_output_file, fail, print_arguments
+from utils.config import HelpFormatter, check_output_file, describe_model, fail, print_arguments
 
+COUNTDOWN_STEP = 0.7  # seconds per step of the 3-2-1 countdown before recording
 LIST_NAMES_UP_TO = 20  # above this many speakers the interactive start-up prints a count instead of every name
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     # library and model
     parser.add_argument("--audio_db", default="audio_db", help="library folder: <name>/*.wav (or <name>.wav)")
     parser.add_argument(
@@ -55,13 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--list", action="store_true", help="list enrolled speakers and their recording counts")
     parser.add_argument("--remove", metavar="NAME", default=None, help="delete an enrolled speaker")
     parser.add_argument("--json_path", default=None, help="also write the result of file mode as JSON here")
+    parser.add_argument("--verbose", action="store_true", help="print the whole configuration first")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    print_arguments(args)
+    if args.verbose:
+        print_arguments(args)
     check_output_file(args.json_path, "--json_path")
     warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"
 
@@ -120,15 +124,20 @@ def _run(args: argparse.Namespace) -> int:
 
     embedder = Embedder(args.model_path, device=args.device)
     db = SpeakerDB(args.audio_db, embedder, threshold=args.threshold)
-    print(
-        f"library {args.audio_db}: {_count(len(db), 'speaker')}, {_recordings(sum(db.counts().values()))}, "
-        f"{_count(db.embedded_at_load, 'new recording')} embedded (threshold {db.threshold:.2f})"
-    )
-    if mode == "register":
-        return _register(db, args)
-    if mode == "recognize":
-        return _recognize(db, args)
-    return _interactive(db, args)
+
+    def about() -> None:  # what answered: the library and the model
+        print(
+            f"library {args.audio_db}: {_count(len(db), 'speaker')}, {_recordings(sum(db.counts().values()))}, "
+            f"{_count(db.embedded_at_load, 'new recording')} embedded (threshold {db.threshold:.2f})"
+        )
+        print(describe_model(embedder.model_path, embedder.info))
+
+    if mode == "interactive":
+        about()
+        return _interactive(db, args)
+    code = _register(db, args) if mode == "register" else _recognize(db, args)
+    about()  # the answer first
+    return code
 
 
 def _check_files(paths: list[str], min_seconds: float = 0.0) -> None:
@@ -240,6 +249,28 @@ def _describe(result: Any) -> str:
 # microphone
 
 
+def _record_with_meter(record: Any, seconds: float) -> Any:
+    """A 3-2-1 countdown, then the recording with a live level meter and the time left on one line."""
+    from utils.record import level_meter, level_problem
+
+    for n in (3, 2, 1):
+        print(f"\rRecording in {n}...", end="", flush=True)
+        time.sleep(COUNTDOWN_STEP)
+    shown = {"at": -1.0}
+
+    def show(elapsed: float, peak: float) -> None:
+        if elapsed - shown["at"] >= 0.1:  # ~10 updates a second is smooth and cheap
+            shown["at"] = elapsed
+            print(f"\rRecording {level_meter(peak)}  {max(seconds - elapsed, 0):.1f} s left ", end="", flush=True)
+
+    wav = record(seconds, on_level=show)
+    print(f"\rDone: {seconds:g} s recorded.{' ' * 40}")
+    problem = level_problem(wav)
+    if problem:
+        print(f"warning: the recording is {problem}")
+    return wav
+
+
 def _interactive(db: Any, args: argparse.Namespace) -> int:
     from utils.audio import AudioError
     from utils.record import MicrophoneError, record
@@ -260,9 +291,7 @@ def _interactive(db: Any, args: argparse.Namespace) -> int:
                 continue
             try:
                 input(f"Press Enter, then speak for {seconds:g} s: ")
-                print("Recording...", flush=True)
-                wav = record(seconds)
-                print("Done.")
+                wav = _record_with_meter(record, seconds)
                 if choice == "0":
                     name = input("Name: ")
                     count = db.register(name, [wav])

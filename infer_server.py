@@ -50,7 +50,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from utils.audio import MAX_RATE, MIN_RATE, SAMPLE_RATE, AudioError, check_speech, resample
-from utils.config import fail, print_arguments
+from utils.config import HelpFormatter, fail, print_arguments
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MIN_SECONDS = 0.3  # same floor as utils.embedder
@@ -461,7 +461,7 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     # service
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port")
@@ -480,12 +480,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the model's EER threshold for /contrast, its stricter 1:N threshold for /recognize)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--verbose", action="store_true", help="print the whole configuration first")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    print_arguments(args)
+    if args.verbose:
+        print_arguments(args)
     if not 0 < args.port < 65536:
         fail(f"--port must be in 1..65535, got {args.port}")
     if not (args.max_upload_mb > 0 and args.max_seconds > 0):  # also rejects NaN

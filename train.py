@@ -48,6 +48,7 @@ from utils.checkpoint import (
     save_inference_model,
 )
 from utils.config import (
+    HelpFormatter,
     check_output_dir,
     check_positive,
     fail,
@@ -72,16 +73,20 @@ from utils.model import MODELS, POOLINGS, build_model, count_parameters
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add = p.add_argument
     add("--config", default=None, help="YAML file of option: value defaults (unknown keys are an error)")
     # data
-    add("--train_list_path", default="dataset/train_list.txt")
+    add(
+        "--train_list_path",
+        default="dataset/train_list.txt",
+        help="training list: <audio path>\t<speaker label> per line (create_data.py writes it)",
+    )
     add(
         "--valid_list_path",
         default="",
-        help="validation list (speakers not in training) for per-epoch EER and the stored thresholds; "
-        "default: carve --valid_speakers out of the training list. Never pass the set you report",
+        help="validation list (speakers not in training) for per-epoch EER and the stored thresholds "
+        "(default: carve --valid_speakers out of the training list). Never pass the set you report",
     )
     add(
         "--valid_speakers",
@@ -90,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="without --valid_list_path: hold out this many training speakers (those with the most "
         "utterances) for validation (0 = no validation)",
     )
-    add("--batch_size", type=int, default=64)
-    add("--num_workers", type=int, default=2)
+    add("--batch_size", type=int, default=64, help="crops per optimiser step (per process under torchrun)")
+    add("--num_workers", type=int, default=2, help="data loader processes that decode and augment audio")
     add("--crop_seconds", type=float, default=2.0, help="training crop length (the original: 2.57 s = 257 frames)")
     add("--epoch_size", type=int, default=0, help="samples per epoch (0 = number of list items)")
     add(
@@ -105,42 +110,64 @@ def build_parser() -> argparse.ArgumentParser:
     # augmentation
     add("--speed_perturb", type=str2bool, default=True, help="0.9/1.1 speed copies as extra speakers")
     add("--reverse_prob", type=float, default=0.0, help="probability of time reversal (the original used 0.5)")
-    add("--gain_db", type=float, default=6.0)
-    add("--noise_prob", type=float, default=0.5)
+    add("--gain_db", type=float, default=6.0, help="random gain of up to +/- this many dB")
+    add("--noise_prob", type=float, default=0.5, help="probability of adding noise to a crop (5-20 dB SNR)")
     add("--noise_dir", default=None, help="folder of noise recordings (default: generated coloured noise)")
-    add("--reverb_prob", type=float, default=0.3)
+    add("--reverb_prob", type=float, default=0.3, help="probability of adding reverberation to a crop")
     add("--rir_dir", default=None, help="folder of room impulse responses (default: synthetic)")
-    add("--spec_augment", type=str2bool, default=True)
+    add(
+        "--spec_augment", type=str2bool, default=True, help="mask random frequency bands and time spans of the features"
+    )
     # features and model
-    add("--feature", choices=FEATURES, default="fbank")
-    add("--n_mels", type=int, default=80)
+    add(
+        "--feature",
+        choices=FEATURES,
+        default="fbank",
+        help="fbank (log-Mel) or spectrogram (the original STFT magnitude)",
+    )
+    add("--n_mels", type=int, default=80, help="Mel bands of the fbank feature")
     add("--log_floor", choices=LOG_FLOORS, default="relative", help="fbank log floor (relative = level-invariant)")
-    add("--model", choices=sorted(MODELS), default="resnet34")
+    add("--model", choices=sorted(MODELS), default="resnet34", help="backbone architecture")
     add("--width", type=int, default=16, help="channels of the first stage (the original: 64)")
-    add("--pooling", choices=POOLINGS, default="stats")
-    add("--embedding_dim", type=int, default=256)
-    add("--dropout", type=float, default=0.0)
+    add(
+        "--pooling",
+        choices=POOLINGS,
+        default="stats",
+        help="how frame features become one vector: stats (mean and standard deviation) or max",
+    )
+    add("--embedding_dim", type=int, default=256, help="size of the speaker embedding")
+    add("--dropout", type=float, default=0.0, help="dropout before the embedding layer")
     # head
-    add("--head", choices=sorted(HEADS), default="arcface")
-    add("--margin", type=float, default=0.2)
-    add("--scale", type=float, default=30.0)
+    add(
+        "--head",
+        choices=sorted(HEADS),
+        default="arcface",
+        help="training loss head (classification with an angular margin)",
+    )
+    add("--margin", type=float, default=0.2, help="angular / cosine margin of the head")
+    add("--scale", type=float, default=30.0, help="logit scale of the head")
     add("--margin_warmup_epochs", type=float, default=1.0, help="grow the margin linearly from 0 over this many epochs")
     # optimiser
-    add("--optimizer", choices=("sgd", "adamw"), default="adamw")
-    add("--learning_rate", type=float, default=2e-3)
-    add("--weight_decay", type=float, default=5e-4)
-    add("--scheduler", choices=("step", "cosine"), default="cosine")
+    add("--optimizer", choices=("sgd", "adamw"), default="adamw", help="optimiser")
+    add("--learning_rate", type=float, default=2e-3, help="peak learning rate (after warm-up)")
+    add("--weight_decay", type=float, default=5e-4, help="weight decay")
+    add("--scheduler", choices=("step", "cosine"), default="cosine", help="learning-rate schedule after warm-up")
     add("--lr_step", type=int, default=10, help="step schedule: multiply the LR by --lr_gamma every N epochs")
-    add("--lr_gamma", type=float, default=0.1)
-    add("--warmup_epochs", type=float, default=1.0)
-    add("--num_epoch", type=int, default=30)
+    add("--lr_gamma", type=float, default=0.1, help="step schedule: factor applied every --lr_step epochs")
+    add(
+        "--warmup_epochs",
+        type=float,
+        default=1.0,
+        help="linear learning-rate warm-up (at most a tenth of --max_minutes)",
+    )
+    add("--num_epoch", type=int, default=30, help="number of epochs (a time budget may end the run earlier)")
     add("--max_steps", type=int, default=0, help="stop after this many optimiser steps (0 = no limit)")
     add("--max_minutes", type=float, default=0, help="wall-clock budget: the LR schedule is fitted to it (0 = none)")
-    add("--grad_clip", type=float, default=5.0)
+    add("--grad_clip", type=float, default=5.0, help="clip the gradient norm to this value")
     add("--amp", type=str2bool, default=False, help="mixed precision on CUDA (bf16 when supported)")
     # run
     add("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    add("--seed", type=int, default=0)
+    add("--seed", type=int, default=0, help="random seed (data order, crops, augmentation, initialisation)")
     add(
         "--save_model",
         default="runs/model",
@@ -148,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--overwrite", action="store_true", help="replace the run already in --save_model")
     add("--save_every_steps", type=int, default=200, help="mid-epoch checkpoint period (0 = only at epoch ends)")
-    add("--keep_checkpoints", type=int, default=3)
+    add("--keep_checkpoints", type=int, default=3, help="epoch checkpoints kept on disk (at least --average_last)")
     add("--resume", type=str2bool, nargs="?", const=True, default=False, help="continue from the newest checkpoint")
     add("--pretrained_model", default=None, help="initialise the backbone from an inference.pt or checkpoint")
     add(
@@ -160,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--teacher", default=None, help="distil from 'resemblyzer' (pip install resemblyzer) or a model file")
     add("--teacher_weight", type=float, default=5.0, help="weight of the distillation loss")
     add("--inference_half", type=str2bool, default=False, help="store inference.pt weights as fp16 (half the size)")
-    add("--tensorboard", type=str2bool, default=False)
-    add("--threads", type=int, default=0, help="CPU threads for torch (0 = torch default)")
+    add("--tensorboard", type=str2bool, default=False, help="also log to <save_model>/tensorboard")
+    add("--threads", type=int, default=0, help="CPU threads for torch (0 = as many as torch chooses)")
     add("--verbose", action="store_true", help="print the whole configuration first")
     return p
 

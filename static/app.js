@@ -4,6 +4,10 @@
 const TARGET_RATE = 16000;
 const clips = {}; // slot -> {blob, seconds}
 let recorder = null; // the recording in progress
+let countingDown = false; // the 3-2-1 before a recording starts
+const COUNTDOWN_MS = 500; // per step
+const QUIET_PEAK = 0.01; // -40 dBFS: too quiet to trust (as utils/record.py)
+const CLIPPED_SHARE = 0.001; // more than 0.1% of samples at full scale: clipped
 
 const $ = (id) => document.getElementById(id);
 
@@ -34,9 +38,12 @@ async function startRecording(slot) {
   const context = new AudioContext();
   const source = context.createMediaStreamSource(stream);
   const blocks = [];
+  let captured = 0;
   const onBlock = (block) => {
     blocks.push(block);
+    captured += block.length;
     showLevel(block);
+    $("mic-status").textContent = `recording ${(captured / context.sampleRate).toFixed(1)} s`;
   };
   let node;
   if (context.audioWorklet && window.AudioWorkletNode) {
@@ -67,8 +74,28 @@ async function stopRecording(rec) {
     offset += block.length;
   }
   const pcm = resample(samples, rec.rate, TARGET_RATE);
-  return { blob: encodeWav(pcm, TARGET_RATE), seconds: pcm.length / TARGET_RATE };
+  return { blob: encodeWav(pcm, TARGET_RATE), seconds: pcm.length / TARGET_RATE, problem: levelProblem(samples) };
 }
+
+// the same rule as the command line: a recording too quiet or clipped to trust, in words a user can act on
+function levelProblem(samples) {
+  let peak = 0;
+  let clipped = 0;
+  for (let i = 0; i < samples.length; i++) {
+    const a = Math.abs(samples[i]);
+    if (a > peak) peak = a;
+    if (a >= 0.999) clipped++;
+  }
+  if (samples.length === 0) return "";
+  if (peak < QUIET_PEAK) {
+    const db = Math.round(20 * Math.log10(Math.max(peak, 1e-9)));
+    return `too quiet (peak ${db} dBFS): speak up, move closer or raise the input volume`;
+  }
+  if (clipped / samples.length > CLIPPED_SHARE) return "clipped: move back or lower the input volume";
+  return "";
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 function showLevel(block) {
   let peak = 0;
@@ -153,7 +180,7 @@ function showClip(slot) {
 }
 
 function updateButtons() {
-  const busy = recorder !== null;
+  const busy = recorder !== null || countingDown;
   $("register").disabled = busy || !clips.register || !$("name").value.trim();
   $("recognize").disabled = busy || !clips.recognize;
   $("compare").disabled = busy || !clips.a || !clips.b;
@@ -168,15 +195,26 @@ async function toggleRecording(button) {
       button.classList.remove("recording");
       button.textContent = button.dataset.label;
       clips[slot] = await stopRecording(rec);
-      $("mic-status").textContent = "";
-      $("mic-status").dataset.state = "idle";
+      const problem = clips[slot].problem;
+      $("mic-status").textContent = problem ? `warning: the recording is ${problem}` : "";
+      $("mic-status").dataset.state = problem ? "warning" : "idle";
       showClip(slot);
-    } else if (!recorder) {
+    } else if (!recorder && !countingDown) {
       button.dataset.label = button.textContent;
+      countingDown = true;
+      $("mic-status").dataset.state = "countdown";
+      try {
+        for (const n of [3, 2, 1]) {
+          $("mic-status").textContent = `recording in ${n}...`;
+          await sleep(COUNTDOWN_MS);
+        }
+      } finally {
+        countingDown = false;
+      }
       recorder = await startRecording(slot);
       button.classList.add("recording");
       button.textContent = "Stop";
-      $("mic-status").textContent = `recording (${recorder.rate} Hz)...`;
+      $("mic-status").textContent = `recording 0.0 s`;
       $("mic-status").dataset.state = "recording";
     }
   } catch (error) {

@@ -114,7 +114,7 @@ def assert_error(outcome: Outcome, expected: str) -> str:
 def assert_similarity(outcome: Outcome) -> str:
     assert "Traceback" not in outcome.err, outcome.err[-3000:]
     assert outcome.code == 0, outcome.err[-2000:]
-    line = outcome.out.strip().splitlines()[-1]
+    line = next((x for x in outcome.out.splitlines() if "similarity: " in x), "")  # the answer
     match = re.search(r"similarity: (-?\d+\.\d+)", line)
     assert match, line
     assert -1.0 <= float(match.group(1)) <= 1.0
@@ -535,7 +535,7 @@ def trained(four: list[tuple[str, int]], tmp_path_factory: pytest.TempPathFactor
         train.main(["--train_list_path", str(tmp / "train_list.txt"), "--save_model", str(tmp / "model"), *TINY_TRAIN])
     assert "done: 1 steps" in out.getvalue()
     record("train list", "blank lines, CRLF and UTF-8 BOM", "train.py --train_list_path X --max_steps 1",
-           out.getvalue().strip().splitlines()[-1], tmp)  # fmt: skip
+           next(x for x in out.getvalue().splitlines() if x.startswith("done:")), tmp)  # fmt: skip
     return tmp / "model"
 
 
@@ -916,7 +916,7 @@ def test_library_good_names_work(
     outcome = run_main("infer_recognition", ["--register", name, "--audio_path", str(good), "--audio_db", str(db),
                                              "--model_path", str(MODEL), "--device", "cpu"], capsys)  # fmt: skip
     assert outcome.code == 0 and "Traceback" not in outcome.err, outcome.err[-2000:]
-    line = outcome.out.strip().splitlines()[-1]
+    line = outcome.out.strip().splitlines()[0]  # the answer first
     assert line == f"Registered {name}: 1 recording (1 new)."
     assert len(list((db / name).glob("*.wav"))) == 1
     record("library", f"ordinary name: {name!r}", "infer_recognition.py --register NAME --audio_path F", line)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -70,8 +71,10 @@ def _fake_microphone(files: list[Path], path: Path) -> Path:
 def _record(page, slot: str, seconds: float) -> float:
     """Click the slot's record button, let the fake microphone play, click stop; returns the clip length."""
     page.click(f"#record-{slot}")
+    page.wait_for_selector('#mic-status[data-state="countdown"]', timeout=5000)  # 3-2-1 first
     page.wait_for_selector('#mic-status[data-state="recording"]', timeout=15000)
     page.wait_for_timeout(seconds * 1000)
+    assert re.fullmatch(r"recording \d+\.\d s", page.text_content("#mic-status"))  # time recorded so far
     page.click(f"#record-{slot}")
     clip = page.wait_for_selector(f"#clip-{slot}[data-seconds]", timeout=15000)
     return float(clip.get_attribute("data-seconds"))
@@ -129,6 +132,13 @@ def test_register_and_recognise_in_the_page(playwright_api, shared_data: Path, t
             wav, info = _clip_wav(page, "register")
             assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
             assert float(np.sqrt(np.mean(wav**2))) > 0.01  # real signal, not silence
+            # the page warns about a recording too quiet or clipped to trust (the same rule as the command line)
+            problems = page.evaluate(
+                """() => [levelProblem(new Float32Array(16000).fill(0.003)),
+                          levelProblem(new Float32Array(16000).fill(1.0)), levelProblem(new Float32Array(16000).fill(0.3))]"""
+            )
+            assert problems[0].startswith("too quiet (peak -50 dBFS)") and problems[1].startswith("clipped")
+            assert problems[2] == "" and page.get_attribute("#mic-status", "data-state") == "idle"
             page.fill("#name", "alice")
             page.click("#register")
             assert _wait_result(page) == "Registered alice (1 recording)"

@@ -68,8 +68,9 @@ def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 def test_cli_same_pair(demo: dict) -> None:
     code, out, err = demo["same"]
     assert code == 0, err[-2000:]
-    assert "-----------  Configuration Arguments -----------" in out
-    line = out.strip().splitlines()[-1]
+    assert "Configuration Arguments" not in out  # the configuration only with --verbose
+    line, model_line = out.strip().splitlines()  # the answer first, then which model gave it
+    assert model_line.startswith("model: models/voiceprint_resnet34.pt (resnet34 width 16")
     assert line.startswith("audio/a_1.wav and audio/a_2.wav are the same person, similarity: ")
     assert line.endswith("(threshold 0.320)")
     result = json.loads((demo["tmp"] / "same.json").read_text())
@@ -85,7 +86,7 @@ def test_different_pair(demo: dict, capsys: pytest.CaptureFixture[str]) -> None:
     out = run_main(["--audio_path1=audio/a_1.wav", "--audio_path2=audio/b_2.wav"], capsys)
     score = demo["scores"][("a_1.wav", "b_2.wav")]
     expected = f"audio/a_1.wav and audio/b_2.wav are not the same person, similarity: {score:.4f} (threshold 0.320)"
-    assert out.strip().splitlines()[-1] == expected
+    assert out.strip().splitlines()[0] == expected
 
 
 def test_demo_same_voice_pairs_accepted(demo: dict) -> None:
@@ -177,7 +178,7 @@ def test_default_model_found_from_another_folder(tmp_path: Path, monkeypatch: py
     # `python /path/to/infer_contrast.py ...` from elsewhere: the default models/... is the project's
     monkeypatch.chdir(tmp_path)
     infer_contrast.main(["--audio_path1", str(ROOT / "audio" / "a_1.wav"), "--audio_path2", str(DEMO[1])])
-    assert "are the same person" in capsys.readouterr().out.splitlines()[-1]
+    assert "are the same person" in capsys.readouterr().out.splitlines()[0]
     # a relative path that exists neither here nor in the project is still reported as missing
     with pytest.raises(SystemExit):
         infer_contrast.main(["--audio_path1", str(DEMO[0]), "--audio_path2", str(DEMO[1]), "--model_path", "no.pt"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -162,6 +163,10 @@ def test_interactive_microphone_register_then_recognise(library: Path, tmp_path:
         assert f"Loaded {spk} audio." in out
     assert "0 new recordings embedded" in out
     assert "Registered newcomer: 1 recording." in out
+    # a countdown, a live level meter with the time left, and no level warning for normal speech
+    assert "Recording in 3..." in out and "Recording in 1..." in out and "s left" in out
+    assert re.search(r"Recording \[#+-*\] +-\d+ dBFS", out) and out.count("Done: 4 s recorded.") == 2
+    assert "warning: the recording is" not in out
     recognised = [line for line in out.splitlines() if "Recognised: " in line or "Unknown speaker" in line]
     assert len(recognised) == 1 and "Recognised: newcomer, similarity:" in recognised[0], out[-1500:]
     assert len(list((db / "newcomer").glob("*.wav"))) == 1

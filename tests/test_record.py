@@ -151,3 +151,19 @@ def test_missing_pyaudio_is_one_line_error(tmp_path: Path) -> None:
     assert lines[0] == "has_input_device False"
     assert len(lines) == 2 and "PyAudio is not installed" in lines[1] and "--audio_path FILE" in lines[1]
     assert result.stderr == "stderr restored\n"
+
+
+def test_level_warnings_name_what_to_do() -> None:
+    from utils.record import level_meter, level_problem
+
+    t = np.arange(16000) / 16000
+    speech_like = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    assert level_problem(speech_like) is None
+    quiet = level_problem(speech_like * 0.01)  # peak 0.003: -50 dBFS
+    assert quiet is not None and quiet.startswith("too quiet (peak -50 dBFS)") and "move closer" in quiet
+    clipped = level_problem(np.clip(speech_like * 10, -1, 1))
+    assert clipped is not None and clipped.startswith("clipped (") and "lower the input volume" in clipped
+    assert level_problem(np.zeros(0, dtype=np.float32)) is None
+    assert level_meter(1.0) == "[####################]    0 dBFS"
+    assert level_meter(10 ** (-30 / 20)) == "[##########----------]  -30 dBFS"
+    assert level_meter(0.0).startswith("[--------------------]")

@@ -11,6 +11,32 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help keeps the usage docstring as written and shows every option's default once."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or action.default in (argparse.SUPPRESS, "") or not action.option_strings:
+            return text
+        if action.nargs == 0 or action.default is None:  # a plain switch, or nothing unless given
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
+def describe_model(path: str, info: dict[str, Any]) -> str:
+    """One line: which model file answered, and what it was trained on."""
+    model, features, meta = info.get("model_config", {}), info.get("feature_config", {}), info.get("meta") or {}
+    parts = [f"{model.get('name', '?')} width {model.get('width', '?')}",
+             f"{features.get('feature', '?')} {model.get('feat_dim', '')}".strip()]  # fmt: skip
+    if meta.get("train_list"):
+        parts.append(f"trained on {meta['train_list']}")
+    if meta.get("teacher"):
+        parts.append(f"distilled from {meta['teacher']}")
+    if isinstance(meta.get("valid_eer"), (int, float)):  # older files stored a test-set "eer": not repeated here
+        parts.append(f"validation EER {meta['valid_eer']:.2%}")
+    return f"model: {path} ({', '.join(parts)})"
+
+
 def print_arguments(args: argparse.Namespace) -> None:
     """Print the configuration the way the original scripts did, one `key: value` per line."""
     print("-----------  Configuration Arguments -----------")

@@ -154,6 +154,11 @@ def _curve_threshold_at_far(c: _Curve, far: float) -> float:
     return float(c.thr[_curve_point_at_far(c, far)])
 
 
+# the original swept 0.00..0.99; a collapsed model's scores all sit above 0.99, so sweep the whole
+# cosine range -1.00..1.00 (at 1.00 everything but identical embeddings is "different")
+ACCURACY_SWEEP = (-1.0, 1.005, 0.01)
+
+
 def _sweep_thresholds(start: float, stop: float, step: float) -> np.ndarray:
     if step <= 0:
         raise ValueError(f"step must be positive, got {step}")
@@ -186,7 +191,7 @@ def _curve_metrics(c: _Curve, p_targets: Sequence[float], mode: str) -> dict:
     for n, p in enumerate(p_targets):
         key = "min_dcf" if n == 0 else f"min_dcf_{p:g}"
         out[key] = _curve_min_dcf(c, p, 1.0, 1.0)[0]
-    acc, acc_thr = _curve_best_accuracy(c, 0.0, 1.0, 0.01)
+    acc, acc_thr = _curve_best_accuracy(c, *ACCURACY_SWEEP)
     out.update(
         {
             "tar_at_far_1pct": _curve_tar_at_far(c, 0.01),
@@ -277,7 +282,7 @@ def trial_metrics(scores, labels, p_targets: Sequence[float] = (0.01, 0.001)) ->
     """All metrics for an explicit trial list (exact back end); same keys as ``all_pairs_metrics``.
 
     ``min_dcf`` is at p_targets[0]; the other priors appear as ``min_dcf_<p>`` (e.g. ``min_dcf_0.001``).
-    The accuracy sweep is the original 0.00..0.99 step 0.01.
+    The accuracy sweep runs over the whole cosine range, -1.00..1.00 step 0.01.
     """
     return _curve_metrics(_exact_curve(*_check_trials(scores, labels)), p_targets, "exact")
 
@@ -362,7 +367,9 @@ class ScoreHistogram:
         """TAR at FAR <= far, see ``tar_at_far``."""
         return _curve_tar_at_far(self._curve(), far)
 
-    def best_accuracy_threshold(self, start: float = 0.0, stop: float = 1.0, step: float = 0.01) -> tuple[float, float]:
+    def best_accuracy_threshold(
+        self, start: float = ACCURACY_SWEEP[0], stop: float = ACCURACY_SWEEP[1], step: float = ACCURACY_SWEEP[2]
+    ) -> tuple[float, float]:
         """See ``best_accuracy_threshold``; exact when the swept thresholds fall on bin edges (the default does)."""
         return _curve_best_accuracy(self._curve(), start, stop, step)
 

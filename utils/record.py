@@ -17,6 +17,7 @@ milliseconds is silenced too.)
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,9 @@ FILE_MODE_HINT = "use --register NAME --audio_path FILE or --recognize FILE inst
 NO_DEVICE_MESSAGE = f"no microphone found (no audio input device); {FILE_MODE_HINT}"
 FRAMES_PER_BUFFER = 1024
 STALL_SECONDS = 5.0  # a device that delivers nothing for this long past the expected end is broken
+QUIET_PEAK = 10 ** (-40 / 20)  # a speech recording peaking below -40 dBFS is too quiet to trust
+CLIP_LEVEL = 0.999
+CLIPPED_SHARE = 0.001  # more than 0.1% of samples at full scale: audibly clipped
 
 
 class MicrophoneError(RuntimeError):
@@ -85,11 +89,34 @@ def has_input_device() -> bool:
         _terminate(pa)
 
 
-def record(seconds: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def level_problem(wav: np.ndarray) -> str | None:
+    """A recording too quiet or clipped to trust, in words a user can act on; None when the level is fine."""
+    if len(wav) == 0:
+        return None
+    peak = float(np.max(np.abs(wav)))
+    if peak < QUIET_PEAK:
+        return f"too quiet (peak {20 * np.log10(max(peak, 1e-9)):.0f} dBFS): speak up, move closer or raise the input volume"
+    clipped = float(np.mean(np.abs(wav) >= CLIP_LEVEL))
+    if clipped > CLIPPED_SHARE:
+        return f"clipped ({clipped:.1%} of samples at full scale): move back or lower the input volume"
+    return None
+
+
+def level_meter(peak: float, width: int = 20) -> str:
+    """A text meter of a block's peak level on a -60..0 dBFS scale: '[#######-------------]  -27 dBFS'."""
+    db = 20 * np.log10(max(peak, 1e-6))
+    filled = int(round(width * min(max((db + 60) / 60, 0.0), 1.0)))
+    return f"[{'#' * filled}{'-' * (width - filled)}] {db:4.0f} dBFS"
+
+
+def record(
+    seconds: float, sample_rate: int = SAMPLE_RATE, on_level: Callable[[float, float], None] | None = None
+) -> np.ndarray:
     """Record `seconds` from the default input device; float32 mono in [-1, 1] at `sample_rate`.
 
     Asks the device for `sample_rate` mono first; a device that only offers its own
-    rate or stereo is recorded that way and converted here.
+    rate or stereo is recorded that way and converted here. `on_level(elapsed_seconds, peak)`
+    is called for every block as it arrives (from PortAudio's thread), for a live meter.
     """
     if not seconds > 0:
         raise MicrophoneError(f"recording length must be positive, got {seconds} s")
@@ -99,12 +126,14 @@ def record(seconds: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
         info = _default_input(pa)
         if info is None:
             raise MicrophoneError(NO_DEVICE_MESSAGE)
-        return _record_from(pa, pyaudio, info, float(seconds), int(sample_rate))
+        return _record_from(pa, pyaudio, info, float(seconds), int(sample_rate), on_level)
     finally:
         _terminate(pa)
 
 
-def _record_from(pa: Any, pyaudio: Any, info: dict[str, Any], seconds: float, sample_rate: int) -> np.ndarray:
+def _record_from(
+    pa: Any, pyaudio: Any, info: dict[str, Any], seconds: float, sample_rate: int, on_level: Any = None
+) -> np.ndarray:
     device_rate = int(round(float(info.get("defaultSampleRate") or sample_rate)))
     device_channels = max(1, min(int(info["maxInputChannels"]), 2))
     candidates = list(dict.fromkeys([(sample_rate, 1), (device_rate, 1), (device_rate, device_channels)]))
@@ -117,6 +146,9 @@ def _record_from(pa: Any, pyaudio: Any, info: dict[str, Any], seconds: float, sa
         if in_data:
             chunks.append(in_data)
         state["frames"] += frame_count
+        if on_level is not None and in_data:
+            peak = float(np.max(np.abs(np.frombuffer(in_data, dtype="<i2")))) / 32768.0
+            on_level(min(state["frames"] / state["rate"], seconds), peak)
         if state["frames"] >= state["needed"]:
             done.set()
             return None, pyaudio.paComplete
@@ -125,7 +157,7 @@ def _record_from(pa: Any, pyaudio: Any, info: dict[str, Any], seconds: float, sa
     stream = None
     last_error: BaseException | None = None
     for rate, channels in candidates:
-        state["needed"] = int(round(seconds * rate))
+        state["needed"], state["rate"] = int(round(seconds * rate)), rate
         try:
             with quiet_c_stderr():
                 stream = pa.open(
