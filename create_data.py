@@ -686,8 +686,8 @@ def write_outputs(
     test_labels: dict[str, int],
     skips: list[Skip],
 ) -> None:
-    from utils.checkpoint import atomic_write_text  # imports torch: only once the slow part is done
     from utils.data import ListError, write_list
+    from utils.fileio import atomic_write_text
 
     def clean(text: str) -> str:
         return text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")

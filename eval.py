@@ -19,7 +19,6 @@ EER and minDCF are the numbers to compare.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -287,7 +286,7 @@ def save_plots(
     import matplotlib.pyplot as plt
     from scipy.special import ndtri
 
-    from utils.checkpoint import atomic_write_bytes
+    from utils.fileio import atomic_write_bytes
     from utils.metrics import det_curve
 
     plot_dir = Path(plot_dir)
@@ -515,9 +514,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     # outputs
     if args.json_path:
-        from utils.checkpoint import atomic_write_text
+        from utils.fileio import atomic_write_json
 
-        atomic_write_text(args.json_path, json.dumps(result, indent=2) + "\n")
+        atomic_write_json(args.json_path, result)
         print(f"metrics written to {args.json_path}")
     if args.plot_dir:
         if plot_raw is None:  # all pairs: every score up to PLOT_MAX_PAIRS, else a per-class sample

@@ -20,19 +20,14 @@ below --tolerance. The output is written atomically.
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import os
 import sys
-import warnings
 from pathlib import Path
-from typing import Any
 
 from utils.config import HelpFormatter
 
 ROOT = Path(__file__).resolve().parent
 SHARED_DATA = Path(os.environ.get("VOICEPRINT_SHARED_DATA", ROOT.parent / "shared" / "data"))
-MAX_VERIFY_SECONDS = 30.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,130 +67,12 @@ def default_verify_files(count: int) -> tuple[list[Path], str]:
     return sorted((ROOT / "audio").glob("*.wav"))[:count], "the audio/ demo clips (../shared/data not found)"
 
 
-# export
-
-
-def export_backbone(model: Any, num_bins: int, opset: int) -> bytes:
-    """torch.onnx.export of the backbone with dynamic batch and time axes; returns the serialised model."""
-    import torch
-
-    from utils.embedder import ONNX_INPUT, ONNX_OUTPUT
-
-    example = torch.randn(1, num_bins, 300)
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        # the TorchScript-based exporter needs no onnxscript; torch 2.9+ warns that it is no longer the default
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (example,),
-            buffer,
-            input_names=[ONNX_INPUT],
-            output_names=[ONNX_OUTPUT],
-            dynamic_axes={ONNX_INPUT: {0: "batch", 2: "frames"}, ONNX_OUTPUT: {0: "batch"}},
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    return buffer.getvalue()
-
-
-def add_metadata(model_bytes: bytes, info: dict[str, Any], source: str) -> bytes:
-    """Store format + JSON model/feature config, threshold and meta as metadata_props."""
-    import onnx
-    import torch
-
-    from utils.embedder import ONNX_FORMAT, ONNX_METADATA_KEYS
-
-    proto = onnx.load_from_string(model_bytes)
-    meta = dict(info.get("meta") or {}, exported_from=Path(source).name, torch_version=torch.__version__)
-    values = {"format": ONNX_FORMAT, **{k: json.dumps(info[k] if k != "meta" else meta) for k in ONNX_METADATA_KEYS}}
-    del proto.metadata_props[:]
-    for key, value in values.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    proto.producer_name = "voiceprint export_onnx.py"
-    proto.doc_string = "speaker-embedding backbone: features (batch, F, frames) -> embedding (batch, D); see metadata"
-    onnx.checker.check_model(proto)
-    return proto.SerializeToString()
-
-
-def verify(model_bytes: bytes, model: Any, feature_config: dict[str, Any], files: list[Path]) -> list[float]:
-    """Cosine distance between PyTorch and ONNX Runtime embeddings for each file (plus one batch of two)."""
-    import numpy as np
-    import torch
-
-    from utils.audio import load_audio
-    from utils.embedder import OnnxBackbone, onnx_info, onnx_session
-    from utils.features import FeatureConfig, FeatureExtractor
-
-    session = onnx_session(model_bytes)
-    onnx_info(session)  # the metadata must read back
-    backbone = OnnxBackbone(session)
-    extractor = FeatureExtractor(FeatureConfig.from_dict(feature_config))
-    wavs = [load_audio(f, max_seconds=MAX_VERIFY_SECONDS) for f in files]
-    shortest = min(len(w) for w in wavs)
-    inputs = [torch.from_numpy(w)[None] for w in wavs]
-    inputs.append(torch.from_numpy(np.stack([w[:shortest] for w in wavs[:2]])))  # dynamic batch axis
-    distances = []
-    with torch.inference_mode():
-        for wav in inputs:
-            feats = extractor(wav)
-            a = torch.nn.functional.normalize(model(feats).float(), dim=1)
-            b = torch.nn.functional.normalize(backbone(feats).float(), dim=1)
-            distances += (1.0 - (a * b).sum(dim=1).double()).abs().tolist()
-    return distances
-
-
-def export_onnx(
-    model_path: str | os.PathLike,
-    output: str | os.PathLike,
-    opset: int = 17,
-    verify_files: list[Path] | None = None,
-    tolerance: float = 1e-4,
-    num_verify: int = 4,
-) -> float:
-    """Export, verify against PyTorch, then write `output` atomically; returns the max cosine distance.
-
-    Raises CheckpointError (nothing written) when the model cannot be loaded or exported, or when ONNX
-    Runtime disagrees with PyTorch by more than `tolerance`.
-    """
-    from utils.checkpoint import CheckpointError, atomic_write_bytes, load_inference_model
-    from utils.features import FeatureConfig
-
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        raise CheckpointError("onnx is not installed: pip install onnx onnxruntime") from None
-    model, info = load_inference_model(model_path, "cpu")
-    num_bins = FeatureConfig.from_dict(info["feature_config"]).num_bins
-    try:
-        model_bytes = add_metadata(export_backbone(model, num_bins, opset), info, str(model_path))
-    except Exception as exc:
-        raise CheckpointError(f"ONNX export of {model_path} failed: {str(exc).strip().splitlines()[0]}") from None
-    source = "the given files"
-    if not verify_files:
-        verify_files, source = default_verify_files(num_verify)
-    if not verify_files:
-        raise CheckpointError("no audio to verify the export on (pass --verify_files)")
-    distances = verify(model_bytes, model, info["feature_config"], list(verify_files))
-    worst = max(distances)
-    print(f"verified on {len(verify_files)} recordings ({source}) + one batch of 2: "
-          f"max cosine distance ONNX Runtime vs PyTorch {worst:.2e} (tolerance {tolerance:g})")  # fmt: skip
-    if not worst < tolerance:
-        raise CheckpointError(
-            f"ONNX Runtime output differs from PyTorch: max cosine distance {worst:.2e} >= {tolerance:g}; "
-            f"{output} not written"
-        )
-    atomic_write_bytes(output, model_bytes)
-    return worst
-
-
 def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(ROOT))
     from utils.audio import AudioError
     from utils.checkpoint import CheckpointError, resolve_model_path
     from utils.config import check_output_file, fail, print_arguments
+    from utils.onnx_model import export_onnx
 
     args = build_parser().parse_args(argv)
     args.model_path = resolve_model_path(args.model_path)
@@ -206,9 +83,11 @@ def main(argv: list[str] | None = None) -> None:
     check_output_file(args.output, "--output")
     if Path(args.output).resolve() == Path(args.model_path).resolve():
         fail(f"--output {args.output} would overwrite the model being exported")
-    files = [Path(f) for f in args.verify_files] if args.verify_files else None
+    files, source = ([Path(f) for f in args.verify_files], "the given files") if args.verify_files else (None, "")
+    if files is None:
+        files, source = default_verify_files(args.num_verify)
     try:
-        worst = export_onnx(args.model_path, args.output, args.opset, files, args.tolerance, args.num_verify)
+        worst = export_onnx(args.model_path, args.output, args.opset, files, args.tolerance, source)
     except (CheckpointError, AudioError) as exc:
         fail(str(exc))
     size = Path(args.output).stat().st_size / 1e6

@@ -11,12 +11,10 @@ when score >= threshold; the default threshold is the EER threshold stored in th
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import warnings
 
 from utils.config import HelpFormatter, check_output_file, describe_model, fail, print_arguments
-
-FALLBACK_THRESHOLD = 0.5
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold",
         type=float,
         default=None,
-        help=f"same person when similarity >= threshold (default: the model's stored threshold, else {FALLBACK_THRESHOLD})",
+        help="same person when similarity >= threshold (default: the model's stored 1:1 threshold)",
     )
     # output
     parser.add_argument("--json_path", default=None, help="also write the result here as JSON")
@@ -44,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"
     if args.verbose:
         print_arguments(args)
     # torch is not imported yet: check the cheap things first so a typo fails in well under a second
@@ -64,12 +63,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         embedder = Embedder(args.model_path, device=args.device)
-        threshold = args.threshold
-        if threshold is None:
-            threshold = embedder.threshold
-            if threshold is None:
-                threshold = FALLBACK_THRESHOLD
-                print(f"note: {args.model_path} stores no threshold; using {FALLBACK_THRESHOLD} (set --threshold)")
+        threshold = embedder.operating_points.resolve("verification", args.threshold)
         # compare
         emb1 = embedder.embed_file(args.audio_path1)
         emb2 = embedder.embed_file(args.audio_path2)
@@ -82,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     print(describe_model(embedder.model_path, embedder.info))
 
     if args.json_path:
-        from utils.checkpoint import atomic_write_text
+        from utils.fileio import atomic_write_json
 
         result = {
             "score": score,
@@ -91,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
             "audio_path1": args.audio_path1,
             "audio_path2": args.audio_path2,
         }
-        atomic_write_text(args.json_path, json.dumps(result, indent=2) + "\n")
+        atomic_write_json(args.json_path, result)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ of those, each with "path", when several files are given; a file that fails give
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -170,9 +169,9 @@ def _check_microphone() -> None:
 
 def _write_json(path: str | None, obj: Any) -> None:
     if path:
-        from utils.checkpoint import atomic_write_text
+        from utils.fileio import atomic_write_json
 
-        atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+        atomic_write_json(path, obj, ensure_ascii=False)
         print(f"wrote {path}")
 
 

@@ -271,9 +271,7 @@ def create_app(
     from utils.speaker_db import MIN_REGISTER_SECONDS, SpeakerDBError, validate_name
 
     recognition_threshold = float(db.threshold)
-    if threshold is None:
-        threshold = embedder.threshold if embedder.threshold is not None else recognition_threshold
-    threshold = float(threshold)
+    threshold = embedder.operating_points.resolve("verification", threshold)
     max_bytes = int(max_upload_mb * 2**20)
     if inference_slots is None:
         import torch

@@ -42,9 +42,7 @@ from utils.audio import AudioError, Augmenter, load_audio
 from utils.checkpoint import (
     CheckpointError,
     atomic_torch_save,
-    atomic_write_text,
     load_torch_file,
-    remove_stale_temp_files,
     save_inference_model,
 )
 from utils.config import (
@@ -68,8 +66,10 @@ from utils.data import (
     split_validation,
 )
 from utils.features import FEATURES, LOG_FLOORS, FeatureConfig, FeatureExtractor, spec_augment
+from utils.fileio import atomic_write_text, remove_stale_temp_files
 from utils.heads import HEADS, build_head
 from utils.model import MODELS, POOLINGS, build_model, count_parameters
+from utils.operating_points import OperatingPoints
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -748,11 +748,13 @@ def main(argv: list[str] | None = None) -> None:
                         "valid": args.valid_list_path or f"{args.valid_speakers} speakers held out of train_list",
                         "selection": f"average of the last {args.average_last} epochs" if args.average_last
                         else "epoch with the best validation EER"}  # fmt: skip
-                if best.get("recognition_threshold") is not None:  # 1:N operating point: 1% false accepts
-                    meta["recognition_threshold"] = best["recognition_threshold"]
+                points = OperatingPoints(
+                    verification=best["threshold"], identification=best.get("recognition_threshold"),
+                    measured_on=meta["valid"] if metrics is not None else "",
+                )  # fmt: skip
                 save_inference_model(
-                    save_dir / "inference.pt", ship_model, model_config, feature_config.to_dict(),
-                    best["threshold"], meta, half=args.inference_half,
+                    save_dir / "inference.pt", ship_model, model_config, feature_config.to_dict(), points, meta,
+                    half=args.inference_half,
                 )  # fmt: skip
             if epoch_done:
                 save_state(save_dir / f"epoch_{epoch}" / "checkpoint.pt", epoch, 0)

@@ -25,7 +25,6 @@ from other processes hits every engine alike. The ratio column is always
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -153,11 +152,11 @@ def build_engines(
 
     import torch
 
-    from export_onnx import export_onnx
     from utils.checkpoint import save_inference_model
     from utils.embedder import Embedder
     from utils.features import FeatureConfig
     from utils.model import build_model
+    from utils.onnx_model import export_onnx
 
     engines: dict[str, Any] = {}
     eager = Embedder(model_path, device="cpu")
@@ -350,9 +349,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if ResemblyzerEngine.unavailable_reason:
             result["resemblyzer"] = f"skipped: {ResemblyzerEngine.unavailable_reason}"
     if args.json_path:
-        from utils.checkpoint import atomic_write_text
+        from utils.fileio import atomic_write_json
 
-        atomic_write_text(args.json_path, json.dumps(result, indent=2) + "\n")
+        atomic_write_json(args.json_path, result)
     return result
 
 

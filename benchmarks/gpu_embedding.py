@@ -14,7 +14,6 @@ Rows (medians of --repeats rounds, after a warm-up):
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -54,9 +53,9 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from utils.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, load_audio
-    from utils.checkpoint import atomic_write_text
     from utils.config import print_arguments
     from utils.embedder import Embedder
+    from utils.fileio import atomic_write_json
 
     args = build_parser().parse_args(argv)
     print_arguments(args)
@@ -123,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"max cosine distance {args.device} vs cpu: {worst:.2e}")
     rows.append({"what": "max cosine distance device vs cpu", "value": worst})
     if args.json_path:
-        atomic_write_text(args.json_path, json.dumps(rows, indent=2) + "\n")
+        atomic_write_json(args.json_path, rows)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ false-accept rate at the model's threshold (or --threshold), plus a few other po
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -166,9 +165,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {t}: {row['identification_accuracy']:.1%} / {row['stranger_false_accept_rate']:.1%}")
     print(f"{figures['seconds_per_clip'] * 1000:.0f} ms per clip on {args.device}, {args.threads} thread(s)")
     if args.json_path:
-        from utils.checkpoint import atomic_write_text
+        from utils.fileio import atomic_write_json
 
-        atomic_write_text(args.json_path, json.dumps(figures, indent=2) + "\n")
+        atomic_write_json(args.json_path, figures)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ Sets (all from ../shared/data, none used for training):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -161,9 +160,9 @@ def main(argv: list[str] | None = None) -> None:
         results.append(measure(ResemblyzerReference(), [s for s in args.sets if s != "seed"], args))
         print(row(results[-1]), flush=True)
     if args.json_path:
-        from utils.checkpoint import atomic_write_text
+        from utils.fileio import atomic_write_json
 
-        atomic_write_text(args.json_path, json.dumps(results, indent=2))
+        atomic_write_json(args.json_path, results)
 
 
 if __name__ == "__main__":

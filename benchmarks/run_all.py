@@ -156,13 +156,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print("run time per part: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     for note in notes:
         print(f"note: {note}")
-    from utils.checkpoint import atomic_write_text
+    from utils.fileio import atomic_write_json, atomic_write_text
 
     if args.markdown_path:
         atomic_write_text(args.markdown_path, table + "\n")
     out = {"machine": info, "rows": rows, "notes": notes, "part_seconds": timings, "quick": args.quick}
     if args.json_path:
-        atomic_write_text(args.json_path, json.dumps(out, indent=2) + "\n")
+        atomic_write_json(args.json_path, out)
     return out
 
 

@@ -30,7 +30,6 @@ The ratio column is "times faster than the baseline".
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -366,9 +365,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     detail, rows = identification(args)
     result["detail"]["identification"], result["rows"] = detail, result["rows"] + rows
     if args.json_path:
-        from utils.checkpoint import atomic_write_text
+        from utils.fileio import atomic_write_json
 
-        atomic_write_text(args.json_path, json.dumps(result, indent=2) + "\n")
+        atomic_write_json(args.json_path, result)
     return result
 
 

@@ -14,7 +14,6 @@ in the same process with the same batch size and precision.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -99,9 +98,9 @@ def main() -> None:
                 print(f"{label:45s} batch {batch_size:4d} amp {'on ' if amp else 'off'} "
                       f"{rate:9.1f} samples/s  x{ratio:6.2f} vs original", flush=True)  # fmt: skip
     if args.json_path:
-        from utils.checkpoint import atomic_write_text
+        from utils.fileio import atomic_write_json
 
-        atomic_write_text(args.json_path, json.dumps({"device": name, "rows": rows}, indent=2))
+        atomic_write_json(args.json_path, {"device": name, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from utils.audio import SAMPLE_RATE, AudioError, load_audio  # noqa: E402
-from utils.checkpoint import atomic_write_bytes, atomic_write_text  # noqa: E402
 from utils.config import fail, print_arguments  # noqa: E402
+from utils.fileio import atomic_write_bytes, atomic_write_text  # noqa: E402
 
 COMMAND = "python scripts/make_demo_clips.py"
 MAX_TOTAL_BYTES = 1_000_000

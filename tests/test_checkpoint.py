@@ -11,13 +11,14 @@ import torch
 
 from utils.checkpoint import (
     CheckpointError,
-    atomic_write_bytes,
     load_inference_model,
     load_torch_file,
     save_inference_model,
 )
 from utils.features import FeatureConfig
+from utils.fileio import atomic_write_bytes
 from utils.model import build_model
+from utils.operating_points import OperatingPoints
 
 CONFIG = {"name": "resnet18", "feat_dim": 80, "embedding_dim": 16, "width": 4, "pooling": "stats", "dropout": 0.0}
 
@@ -41,9 +42,10 @@ def _umask() -> int:
 def test_inference_model_round_trip(tmp_path: Path, half: bool):
     model = build_model(**CONFIG).eval()
     path = tmp_path / "m.pt"
-    save_inference_model(path, model, CONFIG, FeatureConfig().to_dict(), 0.42, {"eer": 0.05}, half=half)
+    points = OperatingPoints(verification=0.42, identification=0.5, measured_on="valid")
+    save_inference_model(path, model, CONFIG, FeatureConfig().to_dict(), points, {"eer": 0.05}, half=half)
     loaded, info = load_inference_model(path)
-    assert info["threshold"] == pytest.approx(0.42) and info["meta"]["eer"] == 0.05
+    assert OperatingPoints.from_info(info) == points and info["meta"]["eer"] == 0.05
     x = torch.randn(2, 80, 120)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), atol=5e-2 if half else 1e-5, rtol=1e-2 if half else 1e-5)

@@ -41,7 +41,7 @@ SKIP_DIRS = {".venv", "tests", ".git", ".gpu", ".whl", "runs", "test_artifacts",
 # (file, enclosing function, kind of write) -> why.
 ALLOWED_WRITES = {
     (
-        "utils/checkpoint.py",
+        "utils/fileio.py",
         "atomic_write_bytes",
         "os.fdopen(w)",
     ): "the atomic helper itself (temp file + fsync + rename)",
@@ -164,7 +164,7 @@ def test_every_file_write_is_atomic_or_allow_listed() -> None:
     unexpected = {f"{file}:{lines[0]} in {function}(): {kind}" for (file, function, kind), lines in writes.items()
                   if (file, function, kind) not in ALLOWED_WRITES}  # fmt: skip
     assert not unexpected, (
-        "non-atomic writes (use utils.checkpoint.atomic_write_bytes/atomic_write_text/atomic_torch_save, or add "
+        "non-atomic writes (use utils.fileio.atomic_write_bytes/atomic_write_text/atomic_write_json or utils.checkpoint.atomic_torch_save, or add "
         f"a justified entry to ALLOWED_WRITES): {sorted(unexpected)}"
     )
     stale = sorted(f"{key}" for key in ALLOWED_WRITES if key not in writes)
@@ -236,7 +236,7 @@ def test_torch_load_only_in_the_weights_only_helper() -> None:
 def test_atomic_write_fsyncs_file_then_renames_then_fsyncs_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from utils.checkpoint import atomic_write_bytes
+    from utils.fileio import atomic_write_bytes
 
     events: list[str] = []
     real_fsync, real_replace = os.fsync, os.replace
@@ -257,7 +257,7 @@ def test_atomic_write_fsyncs_file_then_renames_then_fsyncs_folder(
 
 
 def test_failed_atomic_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from utils.checkpoint import atomic_write_bytes
+    from utils.fileio import atomic_write_bytes
 
     target = tmp_path / "model.pt"
     target.write_bytes(b"old")
@@ -277,7 +277,7 @@ WRITER = textwrap.dedent(
     import hashlib, sys, types
     sys.modules["torch"] = types.ModuleType("torch")  # atomic_write_bytes needs no torch: skip its 3 s import
     sys.path.insert(0, sys.argv[3])
-    from utils.checkpoint import atomic_write_bytes
+    from utils.fileio import atomic_write_bytes
     target, size = sys.argv[1], int(sys.argv[2])
     print("ready", flush=True)
     version = 0

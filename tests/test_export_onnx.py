@@ -10,9 +10,10 @@ import pytest
 pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx onnxruntime)")
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnx onnxruntime)")
 
-from export_onnx import export_onnx, main  # noqa: E402
+from export_onnx import main  # noqa: E402
 from utils.checkpoint import CheckpointError  # noqa: E402
 from utils.embedder import Embedder  # noqa: E402
+from utils.onnx_model import export_onnx  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "models" / "voiceprint_resnet34.pt"
@@ -69,7 +70,7 @@ def test_mismatching_export_fails_and_writes_nothing(
     import onnx
     from onnx import numpy_helper
 
-    import export_onnx as module
+    import utils.onnx_model as module
 
     # a broken exporter: the embedding layer's bias is shifted, so ONNX Runtime disagrees with PyTorch
     proto = onnx.load(str(onnx_path))

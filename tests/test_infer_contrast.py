@@ -120,8 +120,9 @@ def test_model_without_threshold_falls_back(tmp_path: Path, capsys: pytest.Captu
     blob["threshold"] = None
     atomic_torch_save(blob, tmp_path / "model.pt")
     argv = ["--audio_path1=audio/a_1.wav", "--audio_path2=audio/b_2.wav", f"--model_path={tmp_path / 'model.pt'}"]
-    out = run_main([*argv, f"--json_path={tmp_path / 'r.json'}"], capsys)
-    assert "stores no threshold; using 0.5" in out
+    with pytest.warns(UserWarning, match="stores no verification threshold; using 0.5"):
+        out = run_main([*argv, f"--json_path={tmp_path / 'r.json'}"], capsys)
+    assert "(threshold 0.500)" in out
     assert json.loads((tmp_path / "r.json").read_text())["threshold"] == 0.5
 
 

@@ -214,6 +214,7 @@ def test_persistence_and_cache_invalidation(tmp_path: Path, embedder, speech) ->
 def test_model_change_rebuilds_cache(tmp_path: Path, embedder, speech) -> None:
     from utils.checkpoint import load_inference_model, save_inference_model
     from utils.embedder import Embedder
+    from utils.operating_points import OperatingPoints
 
     root = tmp_path / "db"
     make_db(root, embedder, speech, per_speaker=1)
@@ -221,7 +222,12 @@ def test_model_change_rebuilds_cache(tmp_path: Path, embedder, speech) -> None:
     model, info = load_inference_model(MODEL)
     other = tmp_path / "other.pt"
     save_inference_model(
-        other, model, info["model_config"], info["feature_config"], info["threshold"], {**info["meta"], "copy": 1}
+        other,
+        model,
+        info["model_config"],
+        info["feature_config"],
+        OperatingPoints.from_info(info),
+        {**info["meta"], "copy": 1},
     )
     other_embedder = Embedder(other, device="cpu")
     assert SpeakerDB(root, other_embedder).embedded_at_load == 3

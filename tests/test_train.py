@@ -51,9 +51,10 @@ def test_create_data_then_train_then_inference_model(lists: Path, tmp_path: Path
     model, info = load_inference_model(save / "inference.pt")
     assert info["model_config"]["name"] == "resnet18"
     assert info["feature_config"]["feature"] == "fbank"
-    assert info["threshold"] is not None and -1.0 <= info["threshold"] <= 1.0
-    # the 1:N operating point (threshold at 1% false accepts on the test list) travels with the model
-    assert -1.0 <= info["meta"]["recognition_threshold"] <= 1.0
+    points = info["operating_points"]
+    assert -1.0 <= points["verification"] <= 1.0 and points["measured_on"] == str(lists / "test_list.txt")
+    # the 1:N operating point (threshold at 1% false accepts on the validation list) travels with the model
+    assert points["verification"] <= points["identification"] <= 1.0
     assert [row.split(",")[0] for row in (save / "train_log.csv").read_text().splitlines()] == ["epoch", "0", "1"]
     assert (save / "epoch_2" / "checkpoint.pt").is_file() and (save / "train_log.csv").is_file()
     assert (save / "train_args.json").is_file()
@@ -75,7 +76,8 @@ def test_validation_split_averaged_model_and_a_teacher(lists: Path, tmp_path: Pa
     assert "validation EER (average of epochs 2,3)" in result.stdout
     _, info = load_inference_model(save / "inference.pt")
     assert info["meta"]["averaged_epochs"] == [2, 3] and info["meta"]["teacher"] == "models/voiceprint_resnet34.pt"
-    assert 0.0 <= info["meta"]["valid_eer"] <= 1.0 and -1.0 <= info["threshold"] <= 1.0
+    assert 0.0 <= info["meta"]["valid_eer"] <= 1.0 and -1.0 <= info["operating_points"]["verification"] <= 1.0
+    assert info["operating_points"]["measured_on"] == "2 speakers held out of train_list"
     # the head only has the 2 remaining training speakers (x 3 speed copies)
     assert load_torch_file(save / "epoch_3" / "checkpoint.pt")["head"]["weight"].shape[0] == 6
     shipped = load_torch_file(save / "inference.pt")["state_dict"]

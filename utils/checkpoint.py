@@ -1,9 +1,4 @@
-"""Checkpoints: atomic writes, weights-only loads, self-describing inference models.
-
-Every file this project writes that a user would hate to lose (lists,
-checkpoints, inference models, the voiceprint library) goes through
-`atomic_write_bytes`: a temporary file in the same folder, fsync, rename, fsync
-of the folder. A crash leaves either the old file or the new one, never half.
+"""Checkpoints: torch saving (atomic, through utils.fileio), weights-only loads, self-describing inference models.
 
 `load_torch_file` is the only place that calls `torch.load`, always with
 `weights_only=True`, so a checkpoint downloaded from the internet cannot run code.
@@ -12,15 +7,16 @@ of the folder. A crash leaves either the old file or the new one, never half.
 from __future__ import annotations
 
 import io
-import math
 import os
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from utils.fileio import atomic_write_bytes
+from utils.operating_points import OperatingPoints
 
 INFERENCE_FORMAT = "voiceprint-inference-v1"
 
@@ -29,61 +25,13 @@ class CheckpointError(ValueError):
     """A model or checkpoint file that cannot be used; one-line message for the user."""
 
 
-# atomic writes
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old or the new content, never a mix."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp makes 0600 files; give the file the permissions a plain open() would
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def remove_stale_temp_files(folder: str | os.PathLike) -> None:
-    """Delete the temp files atomic_write_bytes leaves in `folder` and its subfolders when its process is
-    killed mid-write (the file it was replacing is intact). Call only when no other writer can be active."""
-    folder = Path(folder)
-    for stale in [*folder.glob(".*.tmp"), *folder.glob("*/.*.tmp")]:
-        if stale.is_file() and not stale.is_symlink():
-            stale.unlink(missing_ok=True)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+# saving
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # not supported on this platform (Windows)
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # loading
@@ -148,11 +96,12 @@ def save_inference_model(
     model: torch.nn.Module,
     model_config: dict[str, Any],
     feature_config: dict[str, Any],
-    threshold: float | None,
+    operating_points: OperatingPoints | None,
     meta: dict[str, Any] | None = None,
     half: bool = False,
 ) -> None:
-    """One self-contained file: weights + how to build the model + how to compute its features.
+    """One self-contained file: weights + how to build the model + how to compute its features + its
+    operating points (thresholds, utils/operating_points.py).
 
     `half=True` stores floating weights as fp16 (half the size); they are
     loaded back as fp32.
@@ -165,7 +114,7 @@ def save_inference_model(
             "format": INFERENCE_FORMAT,
             "model_config": dict(model_config),
             "feature_config": dict(feature_config),
-            "threshold": None if threshold is None else float(threshold),
+            "operating_points": (operating_points or OperatingPoints()).to_dict(),
             "meta": dict(meta or {}),
             "state_dict": state,
         },
@@ -200,7 +149,8 @@ def load_inference_model(path: str | os.PathLike, device: Any = "cpu") -> tuple[
         model = build_model(**blob["model_config"])
         state = {k: (v.float() if v.is_floating_point() else v) for k, v in blob["state_dict"].items()}
         model.load_state_dict(state)
-        info = {k: blob[k] for k in ("model_config", "feature_config", "threshold", "meta")}
+        info = {k: blob[k] for k in ("model_config", "feature_config", "meta")}
+        info["operating_points"] = OperatingPoints.from_info(blob).to_dict()
         _check_inference_info(info, state)
     except CheckpointError as exc:
         raise CheckpointError(f"{path} {exc}") from None
@@ -223,9 +173,10 @@ def _check_inference_info(info: dict[str, Any], state: dict[str, torch.Tensor]) 
         raise CheckpointError(
             f"does not match its model description: features have {features.num_bins} bins, the model expects {feat_dim}"
         )
-    threshold = info["threshold"]
-    if threshold is not None and not (isinstance(threshold, (int, float)) and math.isfinite(threshold)):
-        raise CheckpointError(f"stores an invalid threshold: {threshold!r}")
+    try:
+        OperatingPoints.from_info(info).check()
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
     if any(v.is_floating_point() and not bool(torch.isfinite(v).all()) for v in state.values()):
         raise CheckpointError("has NaN or infinite weights (a diverged or damaged model)")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -47,9 +46,9 @@ def print_arguments(args: argparse.Namespace) -> None:
 
 def save_arguments(args: argparse.Namespace, path: str | os.PathLike) -> None:
     """Save the configuration next to a script's outputs (atomic)."""
-    from utils.checkpoint import atomic_write_text
+    from utils.fileio import atomic_write_json
 
-    atomic_write_text(path, json.dumps(vars(args), indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write_json(path, vars(args), sort_keys=True, default=str)
 
 
 def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:

@@ -21,7 +21,7 @@ from utils.audio import (
     random_crop,
     speed_perturb,
 )
-from utils.checkpoint import atomic_write_text
+from utils.fileio import atomic_write_text
 
 
 class ListError(ValueError):

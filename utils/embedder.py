@@ -21,21 +21,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from utils.audio import SAMPLE_RATE, AudioError, audio_info, check_speech, load_audio, resample, to_mono
-from utils.checkpoint import CheckpointError, load_inference_model, resolve_model_path
+from utils.checkpoint import load_inference_model, resolve_model_path
 from utils.features import FeatureConfig, FeatureExtractor
+from utils.onnx_model import is_onnx_path, load_onnx_model
+from utils.operating_points import OperatingPoints
 
 MIN_SECONDS = 0.3
-ONNX_FORMAT = "voiceprint-onnx-v1"
-ONNX_INPUT, ONNX_OUTPUT = "features", "embedding"
-# ONNX metadata_props written by export_onnx.py; every value except "format" is JSON
-ONNX_METADATA_KEYS = ("model_config", "feature_config", "threshold", "meta")
 
 
 def segment_bounds(total: float, segment: float) -> list[tuple[float, float]]:
@@ -84,10 +80,15 @@ class Embedder:
             self.model, info = load_inference_model(model_path, device)
         self.feature_config = FeatureConfig.from_dict(info["feature_config"])
         self.extractor = FeatureExtractor(self.feature_config).to(device)
-        self.threshold: float | None = info["threshold"]
+        self.operating_points = OperatingPoints.from_info(info)
         self.info = info
         self.segment_seconds = segment_seconds
         self.vad = vad
+
+    @property
+    def threshold(self) -> float | None:
+        """The model's 1:1 threshold (same person when score >= threshold); see `operating_points`."""
+        return self.operating_points.verification
 
     @property
     def embedding_dim(self) -> int:
@@ -209,81 +210,3 @@ class _FileDataset(torch.utils.data.Dataset):
             return torch.from_numpy(wav), None
         except AudioError as exc:
             return torch.zeros(0), str(exc)
-
-
-# ONNX backbones
-
-
-def is_onnx_path(path: str | os.PathLike) -> bool:
-    return str(path).lower().endswith(".onnx")
-
-
-class OnnxBackbone(torch.nn.Module):
-    """An ONNX Runtime session behind the backbone's interface: features (B, F, T) tensor -> embeddings (B, D) tensor."""
-
-    def __init__(self, session: Any) -> None:
-        super().__init__()
-        self.session = session
-
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        x = np.ascontiguousarray(feats.detach().float().cpu().numpy())
-        out = self.session.run([ONNX_OUTPUT], {ONNX_INPUT: x})[0]
-        return torch.from_numpy(out).to(feats.device)
-
-
-def onnx_session(model: str | os.PathLike | bytes, num_threads: int | None = None) -> Any:
-    """A CPU InferenceSession using as many threads as torch (`num_threads` overrides); one-line errors."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise CheckpointError("onnxruntime is not installed: pip install onnxruntime") from None
-    if not isinstance(model, bytes):
-        path = Path(model)
-        if not path.exists():
-            raise CheckpointError(f"model file not found: {path}")
-        if path.is_dir():
-            raise CheckpointError(f"expected a model file but got a directory: {path}")
-        model = str(path)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = num_threads or torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors only: no warnings about unused initialisers on stderr
-    try:
-        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        text = str(exc).strip().splitlines()
-        name = "ONNX model" if isinstance(model, bytes) else f"ONNX model file {model}"
-        raise CheckpointError(f"cannot load {name}: {text[0] if text else type(exc).__name__}") from None
-
-
-def load_onnx_model(path: str | os.PathLike, num_threads: int | None = None) -> tuple[OnnxBackbone, dict[str, Any]]:
-    """Load a backbone exported by export_onnx.py; returns (backbone, info) like `load_inference_model`."""
-    session = onnx_session(path, num_threads)
-    return OnnxBackbone(session), onnx_info(session, str(path))
-
-
-def onnx_info(session: Any, name: str = "ONNX model") -> dict[str, Any]:
-    """The model_config / feature_config / threshold / meta stored in the ONNX metadata_props."""
-    import json
-
-    props = session.get_modelmeta().custom_metadata_map
-    if props.get("format") != ONNX_FORMAT:
-        raise CheckpointError(f"{name} is not a voiceprint ONNX model (no {ONNX_FORMAT} metadata; use export_onnx.py)")
-    names = [i.name for i in session.get_inputs()] + [o.name for o in session.get_outputs()]
-    if names != [ONNX_INPUT, ONNX_OUTPUT]:
-        raise CheckpointError(f"{name} has inputs/outputs {names}, expected [{ONNX_INPUT!r}, {ONNX_OUTPUT!r}]")
-    try:
-        info = {key: json.loads(props[key]) for key in ONNX_METADATA_KEYS}
-        FeatureConfig.from_dict(info["feature_config"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{name} has broken voiceprint metadata: {str(exc).splitlines()[0]}") from None
-    return info
-
-
-def cosine_score(a: np.ndarray, b: np.ndarray) -> float:
-    """Cosine similarity of two embeddings (they are unit-length already, but be safe)."""
-    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
-
-
-def is_model_file(path: str | os.PathLike) -> bool:
-    return Path(path).is_file()

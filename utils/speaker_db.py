@@ -62,6 +62,7 @@ from utils.audio import (
     resample,
     to_mono,
 )
+from utils.operating_points import FALLBACK, OperatingPoints
 
 if TYPE_CHECKING:
     from utils.embedder import Embedder
@@ -72,7 +73,6 @@ CACHE_VERSION = 1
 MAX_NAME_CHARS = 64
 MAX_NAME_BYTES = 200  # below NAME_MAX (255) even with a ".wav" suffix
 MIN_REGISTER_SECONDS = 1.0  # an enrolment shorter than this gives a poor voiceprint
-DEFAULT_THRESHOLD = 0.5
 
 
 class SpeakerDBError(ValueError):
@@ -171,26 +171,6 @@ class _Snapshot:
 # the library
 
 
-def recognition_threshold(embedder: Embedder | None) -> float | None:
-    """The model's 1:N operating point: stricter than its 1:1 EER threshold, because a stranger is
-    compared with every enrolled voiceprint and the best of N scores is taken."""
-    if embedder is None:
-        return None
-    meta = (getattr(embedder, "info", None) or {}).get("meta") or {}
-    value = meta.get("recognition_threshold")
-    if value is not None:
-        return float(value)
-    fallback = getattr(embedder, "threshold", None)
-    if fallback is not None:
-        warnings.warn(
-            f"the model stores no 1:N threshold; using its 1:1 EER threshold {fallback:.3f}, which accepts more "
-            "strangers (pass --threshold, or retrain: train.py now stores the threshold at 1% false accepts)",
-            UserWarning,
-            stacklevel=3,
-        )
-    return fallback
-
-
 class SpeakerDB:
     """A folder of speakers' recordings with cached embeddings; see the module docstring."""
 
@@ -206,9 +186,9 @@ class SpeakerDB:
         if self.root.exists() and not self.root.is_dir():
             raise SpeakerDBError(f"speaker library {self.root} is not a folder")
         self.embedder = embedder
-        if threshold is None:
-            threshold = recognition_threshold(embedder)
-        self.threshold = float(DEFAULT_THRESHOLD if threshold is None else threshold)
+        # the 1:N operating point (utils/operating_points.py); without a model nothing is scored
+        points = embedder.operating_points if embedder is not None else OperatingPoints(identification=FALLBACK)
+        self.threshold = points.resolve("identification", threshold)
         self.fingerprint = _model_fingerprint(embedder) if embedder is not None else None
         self._entries: dict[str, _Entry] = {}  # relative path -> entry
         self._cache_damaged = False  # the cache file could not be read: rewrite it even if nothing changed
@@ -415,10 +395,7 @@ class SpeakerDB:
             # embed exactly what is stored (16-bit), so a later re-embed of the file gives the same vector
             emb = self.embedder.embed_array(pcm.astype(np.float32) / 32767.0, SAMPLE_RATE)
             prepared.append((_wav_bytes(pcm), np.asarray(emb, dtype=np.float32)))
-        from utils.checkpoint import (  # lazy: it imports torch, listing/removing need not
-            atomic_write_bytes,
-            remove_stale_temp_files,
-        )
+        from utils.fileio import atomic_write_bytes, remove_stale_temp_files
 
         with self._locked(write=True):
             remove_stale_temp_files(self.root)  # under the write lock: no other writer is active
@@ -559,7 +536,7 @@ class SpeakerDB:
         dim = self._dim() or (len(rows[0]) if rows else 0)
         embeddings = np.stack(rows).astype(np.float32) if rows else np.zeros((0, dim), dtype=np.float32)
         index = {"version": CACHE_VERSION, "model": self.fingerprint, "dim": dim, "files": files}
-        from utils.checkpoint import atomic_write_bytes
+        from utils.fileio import atomic_write_bytes
 
         buffer = io.BytesIO()
         np.savez(buffer, embeddings=embeddings, index=np.frombuffer(json.dumps(index).encode("utf-8"), np.uint8))

@@ -41,7 +41,12 @@ class ResemblyzerTeacher(nn.Module):
         super().__init__()
         self.lstm = nn.LSTM(40, 256, 3, batch_first=True)
         self.linear = nn.Linear(256, 256)
-        blob = torch.load(weights_path, map_location="cpu", weights_only=True)
+        from utils.checkpoint import CheckpointError, load_torch_file
+
+        try:
+            blob = load_torch_file(weights_path)
+        except CheckpointError as exc:
+            raise TeacherError(str(exc)) from None
         state = blob.get("model_state", blob) if isinstance(blob, dict) else None
         if not isinstance(state, dict):
             raise TeacherError(f"{weights_path} holds no Resemblyzer weights")

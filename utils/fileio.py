@@ -1,0 +1,69 @@
+"""Atomic file writes (torch-free): every file a user would hate to lose goes through here.
+
+Lists, checkpoints, inference models, the voiceprint library and JSON results are written as a
+temporary file in the same folder, fsync'ed, renamed over the target, then the folder is
+fsync'ed. A crash or a kill leaves either the old file or the new one, never half of one; the
+temp file a killed writer leaves behind is removed by `remove_stale_temp_files`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old or the new content, never a mix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        # mkstemp makes 0600 files; give the file the permissions a plain open() would
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, **options: Any) -> None:
+    """JSON with a 2-space indent and a final newline; `options` go to json.dumps (e.g. sort_keys)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, **options) + "\n")
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> None:
+    """Delete the temp files atomic_write_bytes leaves in `folder` and its subfolders when its process is
+    killed mid-write (the file it was replacing is intact). Call only when no other writer can be active."""
+    folder = Path(folder)
+    for stale in [*folder.glob(".*.tmp"), *folder.glob("*/.*.tmp")]:
+        if stale.is_file() and not stale.is_symlink():
+            stale.unlink(missing_ok=True)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (a no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
