@@ -42,13 +42,14 @@ import soundfile as sf
 
 from utils.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioError, audio_info, format_short_seconds, load_audio
 from utils.config import HelpFormatter, fail, print_arguments, save_arguments
+from utils.errors import UserError, run_cli
 
 FORMATS = ("zhvoice", "folder", "flat")
 CONVERTED_SUFFIX = ".16k.wav"  # name of the conversion of a source that is itself a .wav
 SILENCE_PEAK = 1e-4
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A problem with the arguments or the corpus; one line for the user."""
 
 
@@ -719,4 +720,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from utils.config import HelpFormatter, check_output_dir, check_output_file, describe_model, fail, print_arguments
+from utils.errors import run_cli
 
 AS_NORM_MAX_UTTERANCES = 5000  # all-pairs AS-norm keeps every score: 5000 utterances = 12.5 M pairs (100 MB)
 PLOT_MAX_PAIRS = 2_000_000
@@ -538,4 +539,4 @@ def _thin(scores: np.ndarray, labels: np.ndarray, max_pairs: int = PLOT_MAX_PAIR
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

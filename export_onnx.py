@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from utils.config import HelpFormatter
+from utils.errors import run_cli
 
 ROOT = Path(__file__).resolve().parent
 SHARED_DATA = Path(os.environ.get("VOICEPRINT_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -95,4 +96,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -15,6 +15,7 @@ import math
 import warnings
 
 from utils.config import HelpFormatter, check_output_file, describe_model, fail, print_arguments
+from utils.errors import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,4 +90,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.config import HelpFormatter, check_output_file, describe_model, fail, print_arguments
+from utils.errors import run_cli
 
 COUNTDOWN_STEP = 0.7  # seconds per step of the 3-2-1 countdown before recording
 LIST_NAMES_UP_TO = 20  # above this many speakers the interactive start-up prints a count instead of every name
@@ -301,10 +302,10 @@ def _interactive(db: Any, args: argparse.Namespace) -> int:
                     print(_describe(db.recognize(wav)))
             except (AudioError, SpeakerDBError, MicrophoneError) as exc:
                 print(f"error: {exc}", file=sys.stderr)  # one bad attempt does not end the session
-    except (EOFError, KeyboardInterrupt):
+    except EOFError:  # end of input: a normal end of the session (Ctrl-C is "interrupted", exit 130)
         print()
         return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

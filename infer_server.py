@@ -51,6 +51,7 @@ from starlette.exceptions import HTTPException
 
 from utils.audio import MAX_RATE, MIN_RATE, SAMPLE_RATE, AudioError, check_speech, resample
 from utils.config import HelpFormatter, fail, print_arguments
+from utils.errors import run_cli
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MIN_SECONDS = 0.3  # same floor as utils.embedder
@@ -516,4 +517,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -65,6 +65,7 @@ from utils.data import (
     read_list,
     split_validation,
 )
+from utils.errors import run_cli
 from utils.features import FEATURES, LOG_FLOORS, FeatureConfig, FeatureExtractor, spec_augment
 from utils.fileio import atomic_write_text, remove_stale_temp_files
 from utils.heads import HEADS, build_head
@@ -794,4 +795,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -17,12 +17,14 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from utils.errors import UserError
+
 SAMPLE_RATE = 16000
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus")
 MIN_RATE, MAX_RATE = 1000, 768000  # sample rates load_audio accepts (real audio is 8 kHz .. 384 kHz)
 
 
-class AudioError(ValueError):
+class AudioError(UserError, ValueError):
     """A recording that cannot be used; the message is one line for the user."""
 
 

@@ -15,13 +15,14 @@ from typing import Any
 
 import torch
 
+from utils.errors import UserError
 from utils.fileio import atomic_write_bytes
 from utils.operating_points import OperatingPoints
 
 INFERENCE_FORMAT = "voiceprint-inference-v1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A model or checkpoint file that cannot be used; one-line message for the user."""
 
 

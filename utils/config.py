@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from utils.errors import OptionError
+
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """--help keeps the usage docstring as written and shows every option's default once."""
@@ -97,7 +99,7 @@ def resolve_device(name: str) -> Any:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        fail("--device cuda was requested but no CUDA GPU is available (use --device cpu or auto)")
+        raise OptionError("--device cuda was requested but no CUDA GPU is available (use --device cpu or auto)")
     return torch.device(name)
 
 

@@ -21,10 +21,11 @@ from utils.audio import (
     random_crop,
     speed_perturb,
 )
+from utils.errors import UserError
 from utils.fileio import atomic_write_text
 
 
-class ListError(ValueError):
+class ListError(UserError, ValueError):
     """A malformed list file; the message names the file and line."""
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from utils.audio import quiet_c_stderr
+from utils.errors import UserError
 
 SAMPLE_RATE = 16000
 FILE_MODE_HINT = "use --register NAME --audio_path FILE or --recognize FILE instead"
@@ -34,7 +35,7 @@ CLIP_LEVEL = 0.999
 CLIPPED_SHARE = 0.001  # more than 0.1% of samples at full scale: audibly clipped
 
 
-class MicrophoneError(RuntimeError):
+class MicrophoneError(UserError, RuntimeError):
     """Recording is impossible here; the message is one line for the user."""
 
 

@@ -62,6 +62,7 @@ from utils.audio import (
     resample,
     to_mono,
 )
+from utils.errors import UserError
 from utils.operating_points import FALLBACK, OperatingPoints
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ MAX_NAME_BYTES = 200  # below NAME_MAX (255) even with a ".wav" suffix
 MIN_REGISTER_SECONDS = 1.0  # an enrolment shorter than this gives a poor voiceprint
 
 
-class SpeakerDBError(ValueError):
+class SpeakerDBError(UserError, ValueError):
     """Bad name, unknown speaker, unusable library folder; the message is one line for the user."""
 
 

@@ -23,10 +23,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from utils.errors import UserError
 from utils.features import mel_filterbank
 
 
-class TeacherError(ValueError):
+class TeacherError(UserError, ValueError):
     """A teacher that cannot be loaded (missing package, unreadable model)."""
 
 

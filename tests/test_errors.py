@@ -1,0 +1,77 @@
+"""One way to fail: user errors, Ctrl-C and OS errors are one line with the right exit status, in every script."""
+
+from __future__ import annotations
+
+import errno
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from utils.errors import UserError, describe_os_error, run_cli
+
+
+def exit_of(main, capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as stop:
+        run_cli(main)
+    return stop.value.code, capsys.readouterr().err
+
+
+def test_run_cli_maps_each_failure_to_one_line(capsys) -> None:
+    from utils.audio import AudioError
+    from utils.data import ListError
+
+    for error in (AudioError("cannot decode x.wav"), ListError("list file not found: l.txt")):
+        assert isinstance(error, UserError)
+        code, err = exit_of(lambda error=error: (_ for _ in ()).throw(error), capsys)
+        assert code == 1 and err == f"error: {error}\n"
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    code, err = exit_of(interrupted, capsys)
+    assert code == 130 and err.strip() == "interrupted"
+
+    def disk_full() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", "runs/model/inference.pt")
+
+    code, err = exit_of(disk_full, capsys)
+    assert code == 1 and err == "error: No space left on device: runs/model/inference.pt\n"
+    assert exit_of(lambda: 3, capsys)[0] == 3 and exit_of(lambda: None, capsys)[0] == 0
+    with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
+        run_cli(lambda: 1 / 0)
+
+
+def test_os_error_names_both_paths() -> None:
+    exc = OSError(errno.EXDEV, "Invalid cross-device link", "a.tmp", None, "b")
+    assert describe_os_error(exc) == "Invalid cross-device link: a.tmp -> b"
+
+
+def test_library_code_never_exits() -> None:
+    from utils.config import resolve_device
+    from utils.errors import OptionError
+
+    if not __import__("torch").cuda.is_available():
+        with pytest.raises(OptionError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
+def test_ctrl_c_during_training_is_one_line_and_130(shared_data: Path, tmp_path: Path) -> None:
+    speaker_dirs = sorted((shared_data / "librispeech" / "dev-clean").iterdir())[:3]
+    lines = [f"{p}\t{label}" for label, folder in enumerate(speaker_dirs) for p in sorted(folder.rglob("*.mp3"))[:4]]
+    (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", "--train_list_path", str(tmp_path / "train.txt"), "--valid_speakers", "0",
+         "--save_model", str(tmp_path / "m"), "--model", "resnet18", "--width", "8", "--embedding_dim", "32",
+         "--batch_size", "4", "--num_workers", "1", "--device", "cpu", "--threads", "1", "--epoch_size", "100000"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(12)  # mid-epoch, with a loader worker running
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and err.rstrip().endswith("interrupted")

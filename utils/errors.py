@@ -1,0 +1,47 @@
+"""Errors a user can act on, and the one way every script reports them.
+
+`UserError` is the base of every error about the user's input or machine (bad audio, a malformed
+list, an unusable model file, a library problem, no microphone, a wrong option): its message is
+one line and says what to do. Library code raises them and never exits the process; scripts run
+their `main` through `run_cli`, which turns them into `error: ...` and exit status 1, Ctrl-C into
+one line and 130, and an OSError (a full disk, a read-only folder, a dangling link) into one line
+that names the path. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+from collections.abc import Callable
+from typing import NoReturn
+
+
+class UserError(Exception):
+    """A problem with the user's input or machine; the message is one line for the user."""
+
+
+class OptionError(UserError, ValueError):
+    """An option that cannot work here (e.g. --device cuda without a GPU)."""
+
+
+def describe_os_error(exc: OSError) -> str:
+    """'No space left on device: runs/model/inference.pt' rather than '[Errno 28] ...'."""
+    reason = exc.strerror or errno.errorcode.get(exc.errno or 0, "") or type(exc).__name__
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    return f"{reason}: {' -> '.join(paths)}" if paths else str(reason)
+
+
+def run_cli(main: Callable[[], int | None]) -> NoReturn:
+    """Run a script's main() the way every script ends: one line per failure, the right exit status."""
+    try:
+        code = main()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except OSError as exc:
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        raise SystemExit(1) from None
+    raise SystemExit(code or 0)
