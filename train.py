@@ -392,8 +392,6 @@ def main(argv: list[str] | None = None) -> None:
                     "margin_warmup_epochs", "weight_decay", "threads", "valid_speakers", "average_last",
                     "teacher_weight"),
     )  # fmt: skip
-    if args.average_last > args.keep_checkpoints:
-        fail(f"--average_last {args.average_last} needs --keep_checkpoints >= {args.average_last}")
     check_output_dir(args.save_model, "--save_model")
     if args.resume and args.overwrite:
         fail("--resume continues the run in --save_model, --overwrite replaces it: pass one of them")
@@ -759,7 +757,7 @@ def main(argv: list[str] | None = None) -> None:
                 )  # fmt: skip
             if epoch_done:
                 save_state(save_dir / f"epoch_{epoch}" / "checkpoint.pt", epoch, 0)
-                prune_epochs(save_dir, args.keep_checkpoints)
+                prune_epochs(save_dir, max(args.keep_checkpoints, args.average_last))  # the averaged ones stay
             else:
                 save_state(save_dir / "last" / "checkpoint.pt", epoch, step_in_epoch)
             eval_seconds = time.time() - eval_started

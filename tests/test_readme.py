@@ -61,7 +61,12 @@ def test_demo_output_shown_is_what_demo_prints() -> None:
     shown = re.search(r"Demo output:\n\n```\n(.*?)```", README, flags=re.S).group(1)
     result = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout == shown
+
+    # how many recordings the library embeds depends on its cache (none on a fresh clone): not compared
+    def same(text: str) -> str:
+        return re.sub(r"\d+ new recordings? embedded", "N new recordings embedded", text)
+
+    assert same(result.stdout) == same(shown)
     assert len(result.stdout.splitlines()) <= 12
 
 

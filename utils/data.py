@@ -100,6 +100,8 @@ def split_validation(
     so the split is the same on every run and every rank and has same-speaker trials. The
     remaining training labels are renumbered 0..K-1.
     """
+    if num_speakers == 0:
+        return list(items), []
     counts: dict[int, int] = {}
     for _, label in items:
         counts[label] = counts.get(label, 0) + 1
