@@ -31,7 +31,9 @@ import random
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,11 +75,8 @@ from utils.model import MODELS, POOLINGS, build_model, count_parameters
 from utils.operating_points import OperatingPoints
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    add = p.add_argument
-    add("--config", default=None, help="YAML file of option: value defaults (unknown keys are an error)")
-    # data
+def add_data_options(add: Any) -> None:
+    """Data options."""
     add(
         "--train_list_path",
         default="dataset/train_list.txt",
@@ -108,7 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--cache_audio", type=str2bool, default=False, help="decode every file once and keep it in memory")
     add("--eval_max_seconds", type=float, default=20.0, help="cap on each test utterance during per-epoch evaluation")
-    # augmentation
+
+
+def add_augmentation_options(add: Any) -> None:
+    """Augmentation options."""
     add("--speed_perturb", type=str2bool, default=True, help="0.9/1.1 speed copies as extra speakers")
     add("--reverse_prob", type=float, default=0.0, help="probability of time reversal (the original used 0.5)")
     add("--gain_db", type=float, default=6.0, help="random gain of up to +/- this many dB")
@@ -119,7 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--spec_augment", type=str2bool, default=True, help="mask random frequency bands and time spans of the features"
     )
-    # features and model
+
+
+def add_features_and_model_options(add: Any) -> None:
+    """Features and model options."""
     add(
         "--feature",
         choices=FEATURES,
@@ -138,7 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--embedding_dim", type=int, default=256, help="size of the speaker embedding")
     add("--dropout", type=float, default=0.0, help="dropout before the embedding layer")
-    # head
+
+
+def add_head_options(add: Any) -> None:
+    """Head options."""
     add(
         "--head",
         choices=sorted(HEADS),
@@ -148,7 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--margin", type=float, default=0.2, help="angular / cosine margin of the head")
     add("--scale", type=float, default=30.0, help="logit scale of the head")
     add("--margin_warmup_epochs", type=float, default=1.0, help="grow the margin linearly from 0 over this many epochs")
-    # optimiser
+
+
+def add_optimiser_options(add: Any) -> None:
+    """Optimiser options."""
     add("--optimizer", choices=("sgd", "adamw"), default="adamw", help="optimiser")
     add("--learning_rate", type=float, default=2e-3, help="peak learning rate (after warm-up)")
     add("--weight_decay", type=float, default=5e-4, help="weight decay")
@@ -166,7 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max_minutes", type=float, default=0, help="wall-clock budget: the LR schedule is fitted to it (0 = none)")
     add("--grad_clip", type=float, default=5.0, help="clip the gradient norm to this value")
     add("--amp", type=str2bool, default=False, help="mixed precision on CUDA (bf16 when supported)")
-    # run
+
+
+def add_run_options(add: Any) -> None:
+    """Run options."""
     add("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     add("--seed", type=int, default=0, help="random seed (data order, crops, augmentation, initialisation)")
     add(
@@ -191,6 +205,18 @@ def build_parser() -> argparse.ArgumentParser:
     add("--tensorboard", type=str2bool, default=False, help="also log to <save_model>/tensorboard")
     add("--threads", type=int, default=0, help="CPU threads for torch (0 = as many as torch chooses)")
     add("--verbose", action="store_true", help="print the whole configuration first")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add = p.add_argument
+    add("--config", default=None, help="YAML file of option: value defaults (unknown keys are an error)")
+    add_data_options(p.add_argument_group("data").add_argument)
+    add_augmentation_options(p.add_argument_group("augmentation").add_argument)
+    add_features_and_model_options(p.add_argument_group("features and model").add_argument)
+    add_head_options(p.add_argument_group("head").add_argument)
+    add_optimiser_options(p.add_argument_group("optimiser").add_argument)
+    add_run_options(p.add_argument_group("run").add_argument)
     return p
 
 
@@ -379,28 +405,48 @@ def estimate_eval_seconds(model: nn.Module, extractor: nn.Module, wavs: list[np.
     return 1.5 * per_sample * sum(len(w) for w in wavs)
 
 
-def main(argv: list[str] | None = None) -> None:
-    process_started = time.time()  # --max_minutes counts from here: start-up and evaluation are part of the budget
+# setup
+
+
+POSITIVE_OPTIONS = (
+    "batch_size", "crop_seconds", "num_epoch", "learning_rate", "width", "embedding_dim", "n_mels", "scale", "lr_step",
+    "eval_max_seconds", "keep_checkpoints", "grad_clip", "num_workers", "epoch_size", "max_steps", "max_minutes",
+    "save_every_steps", "warmup_epochs", "margin_warmup_epochs", "weight_decay", "threads", "valid_speakers",
+    "average_last", "teacher_weight",
+)  # fmt: skip
+ZERO_ALLOWED = (
+    "num_workers", "epoch_size", "max_steps", "max_minutes", "save_every_steps", "warmup_epochs",
+    "margin_warmup_epochs", "weight_decay", "threads", "valid_speakers", "average_last", "teacher_weight",
+)  # fmt: skip
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     args = parse_with_config(build_parser(), argv)
-    check_positive(
-        args,
-        ("batch_size", "crop_seconds", "num_epoch", "learning_rate", "width", "embedding_dim", "n_mels", "scale",
-         "lr_step", "eval_max_seconds", "keep_checkpoints", "grad_clip", "num_workers", "epoch_size", "max_steps",
-         "max_minutes", "save_every_steps", "warmup_epochs", "margin_warmup_epochs", "weight_decay", "threads",
-         "valid_speakers", "average_last", "teacher_weight"),
-        allow_zero=("num_workers", "epoch_size", "max_steps", "max_minutes", "save_every_steps", "warmup_epochs",
-                    "margin_warmup_epochs", "weight_decay", "threads", "valid_speakers", "average_last",
-                    "teacher_weight"),
-    )  # fmt: skip
+    check_positive(args, POSITIVE_OPTIONS, allow_zero=ZERO_ALLOWED)
     check_output_dir(args.save_model, "--save_model")
     if args.resume and args.overwrite:
         fail("--resume continues the run in --save_model, --overwrite replaces it: pass one of them")
+    return args
 
-    # distributed
+
+@dataclass
+class Process:
+    """This process's place in a (possibly distributed) run."""
+
+    device: torch.device
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_process(args: argparse.Namespace) -> Process:
+    """Device, torchrun's process group, threads and seeds."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    is_main = rank == 0
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(args.device)
     if device.type == "cuda" and world_size > 1:
         device = torch.device("cuda", local_rank)
@@ -409,32 +455,34 @@ def main(argv: list[str] | None = None) -> None:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    if is_main and args.verbose:
-        print_arguments(args)
     random.seed(args.seed + rank)
     torch.manual_seed(args.seed + rank)
-    save_dir = Path(args.save_model)
-    if is_main:
-        claim_run_folder(save_dir, args.resume, args.overwrite)
     torch.backends.cudnn.benchmark = True
+    return Process(device, rank, local_rank, world_size)
 
-    # data
+
+@dataclass
+class TrainData:
+    items: list[tuple[str, int]]
+    num_speakers: int
+    dataset: TrainDataset
+    sampler: EpochSampler
+    loader: torch.utils.data.DataLoader
+    valid_wavs: list[np.ndarray]  # whole validation utterances (capped), decoded once; empty on other ranks
+    valid_labels: np.ndarray
+
+
+def read_training_lists(args: argparse.Namespace, is_main: bool) -> tuple[list, list, int]:
+    """(training items, validation items, number of training labels), with warnings for odd lists."""
     try:
         train_items = read_list(args.train_list_path)
         if args.valid_list_path:
             valid_items = read_list(args.valid_list_path)
         else:
             train_items, valid_items = split_validation(train_items, args.valid_speakers)
-        num_speakers = num_classes_of(train_items)
-        augmenter = Augmenter(
-            gain_db=args.gain_db,
-            noise_prob=args.noise_prob,
-            noise_dir=args.noise_dir,
-            reverb_prob=args.reverb_prob,
-            rir_dir=args.rir_dir,
-        )
-    except (ListError, AudioError) as exc:
+    except ListError as exc:
         fail(str(exc))
+    num_speakers = num_classes_of(train_items)
     unused = num_speakers - len({label for _, label in train_items})
     if unused and is_main:
         print(
@@ -446,49 +494,404 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"none of the {missing} files in {args.train_list_path} exist (run from the folder the list expects?)")
     if missing and is_main:
         print(f"warning: {missing} of {len(train_items)} files in {args.train_list_path} do not exist", file=sys.stderr)
+    return train_items, valid_items, num_speakers
+
+
+def load_validation(args: argparse.Namespace, valid_items: list) -> tuple[list[np.ndarray], np.ndarray]:
+    if not valid_items:
+        return [], np.zeros(0, dtype=np.int64)
+    try:
+        wavs = [load_audio(path, max_seconds=args.eval_max_seconds) for path, _ in valid_items]
+    except AudioError as exc:
+        fail(f"validation list: {exc}")
+    labels = np.array([label for _, label in valid_items])
+    if len(set(labels.tolist())) < 2:
+        fail(f"{args.valid_list_path or 'the validation split'} needs at least 2 speakers for verification trials")
+    where = args.valid_list_path or f"{len(set(labels.tolist()))} speakers held out of the training list"
+    print(f"validation: {len(valid_items)} utterances ({where}); it picks nothing you should report")
+    return wavs, labels
+
+
+def build_data(args: argparse.Namespace, proc: Process) -> TrainData:
+    items, valid_items, num_speakers = read_training_lists(args, proc.is_main)
+    try:
+        augmenter = Augmenter(gain_db=args.gain_db, noise_prob=args.noise_prob, noise_dir=args.noise_dir,
+                              reverb_prob=args.reverb_prob, rir_dir=args.rir_dir)  # fmt: skip
+    except AudioError as exc:
+        fail(str(exc))
     crop = CropConfig(seconds=args.crop_seconds, speed_perturb=args.speed_perturb, reverse_prob=args.reverse_prob)
-    dataset = TrainDataset(train_items, num_speakers, crop, augmenter, seed=args.seed, cache_audio=args.cache_audio)
+    dataset = TrainDataset(items, num_speakers, crop, augmenter, seed=args.seed, cache_audio=args.cache_audio)
     if args.cache_audio:
-        dataset.preload(num_workers=max(args.num_workers, 1), progress=is_main)
+        dataset.preload(num_workers=max(args.num_workers, 1), progress=proc.is_main)
     sampler = EpochSampler(
-        [label for _, label in train_items],
-        args.batch_size,
-        seed=args.seed,
-        balance=args.balance,
-        epoch_size=args.epoch_size or None,
-        rank=rank,
-        world_size=world_size,
-    )
+        [label for _, label in items], args.batch_size, seed=args.seed, balance=args.balance,
+        epoch_size=args.epoch_size or None, rank=proc.rank, world_size=proc.world_size,
+    )  # fmt: skip
     loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        num_workers=args.num_workers,
-        pin_memory=device.type == "cuda",
+        dataset, batch_sampler=sampler, num_workers=args.num_workers, pin_memory=proc.device.type == "cuda",
         prefetch_factor=4 if args.num_workers > 0 else None,
+    )  # fmt: skip
+    valid_wavs, valid_labels = load_validation(args, valid_items) if proc.is_main else ([], np.zeros(0, np.int64))
+    return TrainData(items, num_speakers, dataset, sampler, loader, valid_wavs, valid_labels)
+
+
+def build_optimizer(args: argparse.Namespace, module: nn.Module) -> torch.optim.Optimizer:
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(
+            module.parameters(), lr=args.learning_rate, momentum=0.9, weight_decay=args.weight_decay, nesterov=True
+        )
+    return torch.optim.AdamW(module.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+
+
+class Budget:
+    """--max_minutes is the whole run, counted from process start: training stops early enough for the final
+    validation and save. `used` is the elapsed share of the training part, the same on every rank."""
+
+    def __init__(self, minutes: float, started: float, proc: Process) -> None:
+        self.seconds = minutes * 60
+        self.started = started  # moved back by the elapsed time of a resumed run
+        self.eval_reserve = 5.0
+        self.used = 0.0
+        self.proc = proc
+
+    def update(self) -> float:
+        """Max over ranks, so every DDP replica uses the same learning rate and stops at the same step."""
+        train_seconds = max(self.seconds - self.eval_reserve, self.seconds * 0.1)
+        used = torch.tensor([(time.time() - self.started) / train_seconds], device=self.proc.device)
+        if self.proc.world_size > 1:  # on the training device: NCCL cannot reduce CPU tensors
+            dist.all_reduce(used, op=dist.ReduceOp.MAX)
+        self.used = float(used.item())
+        return self.used
+
+
+class LearningRateSchedule:
+    """Linear warm-up, then cosine (or step) decay; with a time budget, by whichever runs out first."""
+
+    def __init__(self, args: argparse.Namespace, steps_per_epoch: int, budget: Budget) -> None:
+        self.args, self.steps_per_epoch, self.budget = args, steps_per_epoch, budget
+        total = args.num_epoch * steps_per_epoch
+        self.total_steps = min(total, args.max_steps) if args.max_steps else total
+        self.warmup_steps = int(args.warmup_epochs * steps_per_epoch)
+
+    def factor(self, step: int) -> float:
+        args, used = self.args, self.budget.used
+        if step < self.warmup_steps:
+            warm = (step + 1) / self.warmup_steps
+            if args.max_minutes:  # a slow machine must not spend its whole budget warming up: at most a tenth
+                warm = max(warm, used / 0.1)
+            if warm < 1.0:
+                return warm
+        if args.scheduler == "step":
+            return args.lr_gamma ** (step // (args.lr_step * self.steps_per_epoch))
+        progress = max(step - self.warmup_steps, 0) / max(self.total_steps - self.warmup_steps, 1)
+        if args.max_minutes:
+            progress = max(progress, used)
+        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+@dataclass
+class Progress:
+    """Where the run is; a checkpoint stores it so that --resume continues exactly."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    best: dict = field(default_factory=lambda: {"eer": None, "epoch": None, "threshold": None, "min_dcf": None})
+    sum_loss: Any = 0.0  # running sums of the unfinished epoch (device tensors while training)
+    sum_acc: Any = 0.0
+    count: int = 0
+
+    def start_epoch(self) -> None:
+        self.sum_loss, self.sum_acc, self.count = 0.0, 0.0, 0
+
+
+@dataclass
+class Trainer:
+    """Everything the loop touches, set up once by main()."""
+
+    args: argparse.Namespace
+    proc: Process
+    data: TrainData
+    extractor: nn.Module
+    model_config: dict
+    feature_config: FeatureConfig
+    step_module: nn.Module  # TrainStep, wrapped in DDP under torchrun
+    teacher: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    budget: Budget
+    save_dir: Path
+    writer: Any = None
+
+    @property
+    def module(self) -> TrainStep:
+        """The TrainStep itself (unwrapped from DDP)."""
+        wrapped = isinstance(self.step_module, nn.parallel.DistributedDataParallel)
+        return self.step_module.module if wrapped else self.step_module
+
+
+def build_teacher(args: argparse.Namespace, device: torch.device) -> Any:
+    if not args.teacher:
+        return None
+    from utils.teacher import TeacherError, load_teacher
+
+    try:
+        return load_teacher(args.teacher, device)
+    except TeacherError as exc:
+        fail(str(exc))
+
+
+# resume and save
+
+
+def resume_state(trainer: Trainer) -> Progress:
+    """Load the newest checkpoint of --save_model into the trainer (model, head, optimiser, schedule, RNG)."""
+    args, save_dir, module = trainer.args, trainer.save_dir, trainer.module
+    state = newest_checkpoint(save_dir)
+    if state is None:
+        if trainer.proc.is_main:
+            print(f"--resume: no checkpoint in {save_dir}, starting from scratch")
+        return Progress()
+    if state["model_config"] != trainer.model_config or state["feature_config"] != trainer.feature_config.to_dict():
+        fail(f"checkpoint in {save_dir} was trained with another model or feature config")
+    shapes = {k: tuple(v.shape) for k, v in state["head"].items()}
+    if shapes != {k: tuple(v.shape) for k, v in module.head.state_dict().items()}:
+        fail(
+            f"checkpoint in {save_dir} was trained with another head or number of classes than "
+            f"{args.train_list_path} gives ({trainer.data.dataset.num_classes}): resume with the same list and "
+            "--head, or train into a new --save_model (--pretrained_model reuses the backbone)"
+        )
+    module.model.load_state_dict(state["model"])
+    module.head.load_state_dict(state["head"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    trainer.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    progress = Progress(state["epoch"], state["step_in_epoch"], state["global_step"], state["best"])
+    if progress.step_in_epoch:  # the unfinished epoch's running loss/accuracy, so its log row covers all of it
+        progress.sum_loss, progress.sum_acc, progress.count = state.get("epoch_sums") or (0.0, 0.0, 0)
+    trainer.budget.started -= float(state.get("elapsed", 0.0))
+    if trainer.proc.is_main:
+        print(f"resumed from step {progress.global_step} (epoch {progress.epoch}, batch {progress.step_in_epoch})")
+    return progress
+
+
+def save_state(trainer: Trainer, progress: Progress, path: Path, epoch: int, step_in_epoch: int) -> None:
+    """Full training state (what --resume needs), written atomically."""
+    args = trainer.args
+    sums = [float(progress.sum_loss), float(progress.sum_acc), progress.count] if step_in_epoch else [0.0, 0.0, 0]
+    atomic_torch_save(
+        {
+            "model": trainer.module.model.state_dict(),
+            "head": trainer.module.head.state_dict(),
+            "optimizer": trainer.optimizer.state_dict(),
+            "scheduler": trainer.scheduler.state_dict(),
+            "scaler": trainer.scaler.state_dict(),
+            "rng": rng_state(),
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "global_step": progress.global_step,
+            "best": progress.best,
+            "elapsed": time.time() - trainer.budget.started,
+            "epoch_sums": sums,
+            "model_config": trainer.model_config,
+            "feature_config": trainer.feature_config.to_dict(),
+            "config": {k: v for k, v in vars(args).items() if v is None or isinstance(v, (str, int, float, bool))},
+        },
+        path,
     )
-    test_wavs, test_labels = [], np.zeros(0, dtype=np.int64)
-    if is_main and valid_items:
-        try:
-            test_wavs = [load_audio(path, max_seconds=args.eval_max_seconds) for path, _ in valid_items]
-        except AudioError as exc:
-            fail(f"validation list: {exc}")
-        test_labels = np.array([label for _, label in valid_items])
-        if len(set(test_labels.tolist())) < 2:
-            fail(f"{args.valid_list_path or 'the validation split'} needs at least 2 speakers for verification trials")
-        where = args.valid_list_path or f"{len(set(test_labels.tolist()))} speakers held out of the training list"
-        print(f"validation: {len(valid_items)} utterances ({where}); it picks nothing you should report")
+
+
+# one epoch
+
+
+def train_one_epoch(trainer: Trainer, progress: Progress) -> bool:
+    """Train until the epoch ends or a limit (--max_steps, --max_minutes) is reached; True when a limit was."""
+    from tqdm import tqdm
+
+    args, proc, data, module = trainer.args, trainer.proc, trainer.data, trainer.module
+    device, budget = proc.device, trainer.budget
+    data.sampler.set_epoch(progress.epoch, progress.step_in_epoch)
+    data.dataset.set_epoch(progress.epoch)
+    margin_warmup = max(args.margin_warmup_epochs * data.sampler.batches_per_rank, 1)
+    amp_dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+    use_amp = args.amp and device.type == "cuda"
+    stop = False
+    bar = tqdm(data.loader, total=len(data.sampler), disable=not proc.is_main, desc=f"epoch {progress.epoch}",
+               dynamic_ncols=True)  # fmt: skip
+    for wav, label in bar:
+        if hasattr(module.head, "set_margin_fraction"):
+            warm = progress.global_step / margin_warmup
+            module.head.set_margin_fraction(max(warm, budget.used / 0.2) if args.max_minutes else warm)
+        wav, label = wav.to(device, non_blocking=True), label.to(device, non_blocking=True)
+        teacher_emb = trainer.teacher(wav) if trainer.teacher is not None else None
+        feats = trainer.extractor(wav)
+        if args.spec_augment:
+            generator = torch.Generator().manual_seed(args.seed * 1_000_003 + progress.global_step * 31 + proc.rank)
+            feats = spec_augment(feats, generator)
+        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
+            loss, acc = trainer.step_module(feats, label, teacher_emb)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.scaler.scale(loss).backward()
+        trainer.scaler.unscale_(trainer.optimizer)
+        nn.utils.clip_grad_norm_(trainer.step_module.parameters(), args.grad_clip)
+        trainer.scaler.step(trainer.optimizer)
+        trainer.scaler.update()
+        if args.max_minutes:
+            budget.update()
+        trainer.scheduler.step()
+        progress.global_step += 1
+        progress.step_in_epoch += 1
+        progress.sum_loss += loss.detach()  # summed on the device: no GPU sync per step
+        progress.sum_acc += acc.detach()
+        progress.count += 1
+        if proc.is_main and (progress.count % 10 == 0 or progress.count == 1):
+            bar.set_postfix(
+                loss=f"{float(progress.sum_loss) / progress.count:.3f}",
+                acc=f"{float(progress.sum_acc) / progress.count:.3f}",
+                lr=f"{trainer.scheduler.get_last_lr()[0]:.2e}",
+            )
+        if proc.is_main and args.save_every_steps and progress.global_step % args.save_every_steps == 0:
+            save_state(trainer, progress, trainer.save_dir / "last" / "checkpoint.pt", progress.epoch,
+                       progress.step_in_epoch)  # fmt: skip
+        stop = bool(args.max_steps) and progress.global_step >= args.max_steps
+        stop = stop or bool(args.max_minutes) and budget.used >= 1.0
+        if stop:
+            break
+    bar.close()
+    return stop
+
+
+# evaluate and save
+
+
+def model_to_ship(trainer: Trainer, epoch: int) -> tuple[nn.Module, list[int]]:
+    """The average of the newest --average_last epochs (with this one), or this epoch's weights."""
+    model = trainer.module.model
+    if not trainer.args.average_last:
+        return model, []
+    current = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state, averaged = average_epoch_models(trainer.save_dir, trainer.args.average_last, current, epoch)
+    ship = build_model(**trainer.model_config).to(trainer.proc.device)
+    ship.load_state_dict(state)
+    return ship, averaged
+
+
+def save_inference(trainer: Trainer, progress: Progress, model: nn.Module, averaged: list[int], epoch: int) -> None:
+    """inference.pt: the model, its feature config and the thresholds measured on the validation split."""
+    args, best = trainer.args, progress.best
+    valid = args.valid_list_path or f"{args.valid_speakers} speakers held out of train_list"
+    meta = {"epoch": epoch, "global_step": progress.global_step, "averaged_epochs": averaged,
+            "valid_eer": best["eer"], "valid_min_dcf": best["min_dcf"], "train_list": args.train_list_path,
+            "teacher": args.teacher, "valid": valid,
+            "selection": f"average of the last {args.average_last} epochs" if args.average_last
+            else "epoch with the best validation EER"}  # fmt: skip
+    points = OperatingPoints(
+        verification=best["threshold"], identification=best.get("recognition_threshold"),
+        measured_on=valid if best["eer"] is not None else "",
+    )  # fmt: skip
+    save_inference_model(trainer.save_dir / "inference.pt", model, trainer.model_config,
+                         trainer.feature_config.to_dict(), points, meta, half=args.inference_half)  # fmt: skip
+
+
+def evaluate_and_save(trainer: Trainer, progress: Progress, epoch_done: bool, train_seconds: float) -> None:
+    """Rank 0 after each epoch (or a mid-epoch stop, which stays resumable): validate the model to ship,
+    write inference.pt when it is the one to keep, checkpoint, and log one row."""
+    args, data = trainer.args, trainer.data
+    eval_started = time.time()
+    epoch = progress.epoch - 1 if epoch_done else progress.epoch
+    row = {"epoch": epoch, "global_step": progress.global_step,
+           "loss": round(float(progress.sum_loss) / max(progress.count, 1), 5),
+           "accuracy": round(float(progress.sum_acc) / max(progress.count, 1), 5),
+           "lr": trainer.scheduler.get_last_lr()[0], "seconds": round(train_seconds, 1), "eer": "", "min_dcf": ""}  # fmt: skip
+    ship_model, averaged = model_to_ship(trainer, progress.epoch)
+    summary = f"epoch {epoch}: loss {row['loss']:.4f} acc {row['accuracy']:.4f}"
+    improved, metrics = not data.valid_wavs or bool(args.average_last), None
+    if data.valid_wavs:
+        metrics = evaluate(ship_model, trainer.extractor, data.valid_wavs, data.valid_labels, trainer.proc.device)
+        row["eer"], row["min_dcf"] = round(metrics["eer"], 5), round(metrics["min_dcf"], 5)
+        improved = improved or progress.best["eer"] is None or metrics["eer"] <= progress.best["eer"]
+        what = f"average of epochs {','.join(map(str, averaged))}" if averaged else "model"
+        summary += (
+            f" | validation EER ({what}) {metrics['eer']:.2%} minDCF(0.01) {metrics['min_dcf']:.4f}"
+            f" threshold {metrics['threshold']:.3f}{' (best)' if improved and not averaged else ''}"
+        )
+    if improved:
+        progress.best = {"eer": None, "epoch": epoch, "threshold": None, "min_dcf": None}
+        if metrics is not None:
+            progress.best.update(eer=metrics["eer"], threshold=metrics["threshold"], min_dcf=metrics["min_dcf"],
+                                 recognition_threshold=metrics["threshold_at_far_1pct"])  # fmt: skip
+        save_inference(trainer, progress, ship_model, averaged, epoch)
+    if epoch_done:
+        save_state(trainer, progress, trainer.save_dir / f"epoch_{progress.epoch}" / "checkpoint.pt", progress.epoch, 0)
+        prune_epochs(trainer.save_dir, max(args.keep_checkpoints, args.average_last))  # the averaged ones stay
+    else:
+        save_state(trainer, progress, trainer.save_dir / "last" / "checkpoint.pt", progress.epoch,
+                   progress.step_in_epoch)  # fmt: skip
+    eval_seconds = time.time() - eval_started
+    trainer.budget.eval_reserve = 1.25 * eval_seconds + 5.0
+    row["eval_seconds"] = round(eval_seconds, 1)
+    print(f"{summary} | train {row['seconds']} s, validation and save {row['eval_seconds']} s")
+    write_log_row(trainer.save_dir / "train_log.csv", row)
+    if trainer.writer is not None:
+        for key in ("loss", "accuracy", "lr"):
+            trainer.writer.add_scalar(f"train/{key}", row[key], progress.global_step)
+        if row["eer"] != "":
+            trainer.writer.add_scalar("valid/eer", row["eer"], progress.global_step)
+            trainer.writer.add_scalar("valid/min_dcf", row["min_dcf"], progress.global_step)
+
+
+def print_start_notes(trainer: Trainer, num_parameters: int) -> None:
+    args, data = trainer.args, trainer.data
+    print(
+        f"model {args.model} width {args.width} ({num_parameters / 1e6:.2f} M parameters), "
+        f"{args.feature} {trainer.feature_config.num_bins} bins, head {args.head} over {data.dataset.num_classes} "
+        f"classes, {len(data.items)} training files, device {trainer.proc.device}, {trainer.proc.world_size} process(es)"
+    )
+    if args.amp and trainer.proc.device.type != "cuda":
+        print("warning: --amp applies to CUDA only; training in fp32 on CPU")
+    if args.margin_warmup_epochs and hasattr(trainer.module.head, "set_margin_fraction"):
+        span = f"{args.margin_warmup_epochs:g} epoch(s)" + (" or a fifth of --max_minutes" if args.max_minutes else "")
+        print(f"note: the {args.head} margin grows from 0 to {args.margin} over the first {span}, "
+              "so the loss rises at first by design")  # fmt: skip
+    if trainer.teacher is not None:
+        print(f"distilling from {args.teacher} (weight {args.teacher_weight:g}): loss = {args.head} + distillation")
+
+
+def print_next_steps(save_dir: Path, progress: Progress) -> None:
+    inference_path = save_dir / "inference.pt"
+    where = f"inference model at {inference_path}" if inference_path.is_file() else "no inference model written"
+    print(f"done: {progress.global_step} steps; {where}")
+    best = progress.best
+    if best["eer"] is not None:
+        print(f"validation EER of the shipped model {best['eer']:.2%} (threshold {best['threshold']:.3f})")
+    if inference_path.is_file():
+        model_arg = f"--model_path {inference_path}"
+        print("next:")
+        print(f"  python eval.py {model_arg}                      # EER on dataset/test_list.txt, once")
+        print(f"  python infer_contrast.py {model_arg} --audio_path1 A.wav --audio_path2 B.wav")
+        print(f"  python infer_recognition.py {model_arg} --audio_db audio_db --recognize C.wav")
+
+
+def main(argv: list[str] | None = None) -> None:
+    process_started = time.time()  # --max_minutes counts from here: start-up and evaluation are part of the budget
+    args = parse_arguments(argv)
+    proc = setup_process(args)
+    if proc.is_main and args.verbose:
+        print_arguments(args)
+    save_dir = Path(args.save_model)
+    if proc.is_main:
+        claim_run_folder(save_dir, args.resume, args.overwrite)
+
+    # data
+    data = build_data(args, proc)
 
     # model
     feature_config = FeatureConfig(feature=args.feature, n_mels=args.n_mels, log_floor=args.log_floor)
-    extractor = FeatureExtractor(feature_config).to(device)
-    model_config = {
-        "name": args.model,
-        "feat_dim": feature_config.num_bins,
-        "embedding_dim": args.embedding_dim,
-        "width": args.width,
-        "pooling": args.pooling,
-        "dropout": args.dropout,
-    }
+    extractor = FeatureExtractor(feature_config).to(proc.device)
+    model_config = {"name": args.model, "feat_dim": feature_config.num_bins, "embedding_dim": args.embedding_dim,
+                    "width": args.width, "pooling": args.pooling, "dropout": args.dropout}  # fmt: skip
     model = build_model(**model_config)
     if args.pretrained_model and not args.resume:
         try:
@@ -496,299 +899,63 @@ def main(argv: list[str] | None = None) -> None:
         except CheckpointError as exc:
             fail(str(exc))
 
-    # head
-    head = build_head(args.head, args.embedding_dim, dataset.num_classes, margin=args.margin, scale=args.scale)
-    step_module = TrainStep(model, head, args.teacher_weight if args.teacher else 0.0).to(device)
-    teacher = None
-    if args.teacher:
-        from utils.teacher import TeacherError, load_teacher
-
-        try:
-            teacher = load_teacher(args.teacher, device)
-        except TeacherError as exc:
-            fail(str(exc))
-    if is_main:
-        print(
-            f"model {args.model} width {args.width} ({count_parameters(model) / 1e6:.2f} M parameters), "
-            f"{args.feature} {feature_config.num_bins} bins, head {args.head} over {dataset.num_classes} classes, "
-            f"{len(train_items)} training files, device {device}, {world_size} process(es)"
-        )
+    # head (and the teacher, whose embeddings of the same crops add a distillation term)
+    head = build_head(args.head, args.embedding_dim, data.dataset.num_classes, margin=args.margin, scale=args.scale)
+    step_module = TrainStep(model, head, args.teacher_weight if args.teacher else 0.0).to(proc.device)
+    teacher = build_teacher(args, proc.device)
 
     # optimiser
-    if args.optimizer == "sgd":
-        optimizer = torch.optim.SGD(
-            step_module.parameters(), lr=args.learning_rate, momentum=0.9, weight_decay=args.weight_decay, nesterov=True
-        )
-    else:
-        optimizer = torch.optim.AdamW(step_module.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
-    steps_per_epoch = sampler.batches_per_rank
-    total_steps = args.num_epoch * steps_per_epoch
-    if args.max_steps:
-        total_steps = min(total_steps, args.max_steps)
-    warmup_steps = int(args.warmup_epochs * steps_per_epoch)
-    run_started = time.time()  # reset below for a resumed run; LambdaLR calls lr_factor(0) right away
-    budget_used = 0.0  # fraction of --max_minutes spent, the same on every rank (see synced_budget_used)
-
-    def lr_factor(step: int) -> float:
-        if step < warmup_steps:
-            warm = (step + 1) / warmup_steps
-            if args.max_minutes:  # a slow machine must not spend its whole budget warming up: at most a tenth
-                warm = max(warm, budget_used / 0.1)
-            if warm < 1.0:
-                return warm
-        if args.scheduler == "step":
-            return args.lr_gamma ** (step // (args.lr_step * steps_per_epoch))
-        progress = max(step - warmup_steps, 0) / max(total_steps - warmup_steps, 1)
-        if args.max_minutes:  # a time budget: decay by whichever runs out first, steps or time
-            progress = max(progress, budget_used)
-        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    amp_dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
-    use_amp = args.amp and device.type == "cuda"
-    if args.amp and not use_amp and is_main:
-        print("warning: --amp applies to CUDA only; training in fp32 on CPU")
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    optimizer = build_optimizer(args, step_module)
+    budget = Budget(args.max_minutes, process_started, proc)
+    schedule = LearningRateSchedule(args, data.sampler.batches_per_rank, budget)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule.factor(step))
+    use_fp16_scaler = args.amp and proc.device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=use_fp16_scaler)
+    trainer = Trainer(args, proc, data, extractor, model_config, feature_config, step_module, teacher, optimizer,
+                      scheduler, scaler, budget, save_dir)  # fmt: skip
 
     # resume
-    epoch, step_in_epoch, global_step, state_elapsed = 0, 0, 0, 0.0
-    resumed_sums = None
-    best = {"eer": None, "epoch": None, "threshold": None, "min_dcf": None}
-    if args.resume:
-        state = newest_checkpoint(save_dir)
-        if state is None:
-            if is_main:
-                print(f"--resume: no checkpoint in {save_dir}, starting from scratch")
-        else:
-            if state["model_config"] != model_config or state["feature_config"] != feature_config.to_dict():
-                fail(f"checkpoint in {save_dir} was trained with another model or feature config")
-            own_head = step_module.head.state_dict()
-            if {k: tuple(v.shape) for k, v in state["head"].items()} != {
-                k: tuple(v.shape) for k, v in own_head.items()
-            }:
-                fail(
-                    f"checkpoint in {save_dir} was trained with another head or number of classes than "
-                    f"{args.train_list_path} gives ({dataset.num_classes}): resume with the same list and --head, "
-                    "or train into a new --save_model (--pretrained_model reuses the backbone)"
-                )
-            step_module.model.load_state_dict(state["model"])
-            step_module.head.load_state_dict(state["head"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            set_rng_state(state["rng"])
-            epoch, step_in_epoch, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
-            best = state["best"]
-            state_elapsed = float(state.get("elapsed", 0.0))
-            resumed_sums = state.get("epoch_sums") if step_in_epoch else None
-            if is_main:
-                print(f"resumed from step {global_step} (epoch {epoch}, batch {step_in_epoch})")
-    if world_size > 1:
-        step_module = nn.parallel.DistributedDataParallel(
-            step_module, device_ids=[local_rank] if device.type == "cuda" else None
+    progress = resume_state(trainer) if args.resume else Progress()
+    if proc.world_size > 1:
+        trainer.step_module = nn.parallel.DistributedDataParallel(
+            step_module, device_ids=[proc.local_rank] if proc.device.type == "cuda" else None
         )
-    train_module = step_module.module if world_size > 1 else step_module
-
-    def save_state(path: Path, epoch_: int, step_in_epoch_: int) -> None:
-        atomic_torch_save(
-            {
-                "model": train_module.model.state_dict(),
-                "head": train_module.head.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": rng_state(),
-                "epoch": epoch_,
-                "step_in_epoch": step_in_epoch_,
-                "global_step": global_step,
-                "best": best,
-                "elapsed": time.time() - run_started,
-                # running loss/accuracy of the unfinished epoch, so its log row covers all of it after --resume
-                "epoch_sums": [float(sum_loss), float(sum_acc), count] if step_in_epoch_ else [0.0, 0.0, 0],
-                "model_config": model_config,
-                "feature_config": feature_config.to_dict(),
-                "config": {k: v for k, v in vars(args).items() if v is None or isinstance(v, (str, int, float, bool))},
-            },
-            path,
-        )
-
-    if is_main:
+    if proc.is_main:
         save_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(save_dir)  # a run killed while writing a checkpoint leaves its temp file
         save_arguments(args, save_dir / "train_args.json")
-    log_path = save_dir / "train_log.csv"
-    writer = None
-    if args.tensorboard and is_main:
-        from torch.utils.tensorboard import SummaryWriter
+        print_start_notes(trainer, count_parameters(model))
+        if args.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(save_dir / "tensorboard"))
+            trainer.writer = SummaryWriter(str(save_dir / "tensorboard"))
+    if data.valid_wavs:  # reserve the final validation's time in the budget
+        budget.eval_reserve += estimate_eval_seconds(model, extractor, data.valid_wavs, proc.device)
 
     # loop
-    from tqdm import tqdm
-
-    run_started = process_started - (state_elapsed if args.resume else 0.0)
-
-    # --max_minutes is the whole run: training stops early enough for the final validation and save
-    budget_seconds = args.max_minutes * 60
-    eval_reserve = 5.0 + (estimate_eval_seconds(train_module.model, extractor, test_wavs, device) if test_wavs else 0)
-
-    def synced_budget_used() -> float:
-        """Elapsed share of the training part of --max_minutes, taken as the max over ranks: every rank uses the
-        same learning rate and stops at the same step (a per-rank clock would let DDP replicas drift apart)."""
-        train_seconds = max(budget_seconds - eval_reserve, budget_seconds * 0.1)
-        used = torch.tensor([(time.time() - run_started) / train_seconds], device=device)
-        if world_size > 1:  # on the training device: NCCL cannot reduce CPU tensors
-            dist.all_reduce(used, op=dist.ReduceOp.MAX)
-        return float(used.item())
-
-    stop = bool(args.max_steps) and global_step >= args.max_steps
-    margin_warmup = max(args.margin_warmup_epochs * steps_per_epoch, 1)
-    if is_main and args.margin_warmup_epochs and hasattr(train_module.head, "set_margin_fraction"):
-        span = f"{args.margin_warmup_epochs:g} epoch(s)" + (" or a fifth of --max_minutes" if args.max_minutes else "")
-        print(f"note: the {args.head} margin grows from 0 to {args.margin} over the first {span}, "
-              "so the loss rises at first by design")  # fmt: skip
-    if is_main and teacher is not None:
-        print(f"distilling from {args.teacher} (weight {args.teacher_weight:g}): loss = {args.head} + distillation")
-    step_module.train()
-    while epoch < args.num_epoch and not stop:
-        sampler.set_epoch(epoch, step_in_epoch)
-        dataset.set_epoch(epoch)
+    stop = bool(args.max_steps) and progress.global_step >= args.max_steps
+    trainer.step_module.train()
+    while progress.epoch < args.num_epoch and not stop:
         started = time.time()
-        sum_loss, sum_acc, count = resumed_sums or (0.0, 0.0, 0)
-        resumed_sums = None
-        bar = tqdm(loader, total=len(sampler), disable=not is_main, desc=f"epoch {epoch}", dynamic_ncols=True)
-        for wav, label in bar:
-            if hasattr(train_module.head, "set_margin_fraction"):
-                warm = global_step / margin_warmup
-                train_module.head.set_margin_fraction(max(warm, budget_used / 0.2) if args.max_minutes else warm)
-            wav, label = wav.to(device, non_blocking=True), label.to(device, non_blocking=True)
-            teacher_emb = teacher(wav) if teacher is not None else None
-            feats = extractor(wav)
-            if args.spec_augment:
-                generator = torch.Generator().manual_seed(args.seed * 1_000_003 + global_step * 31 + rank)
-                feats = spec_augment(feats, generator)
-            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-                loss, acc = step_module(feats, label, teacher_emb)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(step_module.parameters(), args.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            if args.max_minutes:
-                budget_used = synced_budget_used()
-            scheduler.step()
-            global_step += 1
-            step_in_epoch += 1
-            sum_loss += loss.detach()  # summed on the device: no GPU sync per step
-            sum_acc += acc.detach()
-            count += 1
-            if is_main and (count % 10 == 0 or count == 1):
-                bar.set_postfix(
-                    loss=f"{float(sum_loss) / count:.3f}",
-                    acc=f"{float(sum_acc) / count:.3f}",
-                    lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                )
-            if is_main and args.save_every_steps and global_step % args.save_every_steps == 0:
-                save_state(save_dir / "last" / "checkpoint.pt", epoch, step_in_epoch)
-            if args.max_steps and global_step >= args.max_steps:
-                stop = True
-            if args.max_minutes and budget_used >= 1.0:
-                stop = True
-            if stop:
-                break
-        bar.close()
-        epoch_done = step_in_epoch >= steps_per_epoch
+        stop = train_one_epoch(trainer, progress)
+        epoch_done = progress.step_in_epoch >= data.sampler.batches_per_rank
         if epoch_done:
-            epoch += 1
-            step_in_epoch = 0
+            progress.epoch += 1
+            progress.step_in_epoch = 0
 
-        # evaluate and save (rank 0); a run stopped mid-epoch is evaluated too and stays resumable
-        if is_main:
-            train_seconds = time.time() - started
-            eval_started = time.time()
-            row = {
-                "epoch": epoch - 1 if epoch_done else epoch,
-                "global_step": global_step,
-                "loss": round(float(sum_loss) / max(count, 1), 5),
-                "accuracy": round(float(sum_acc) / max(count, 1), 5),
-                "lr": scheduler.get_last_lr()[0],
-                "seconds": round(train_seconds, 1),
-                "eer": "",
-                "min_dcf": "",
-            }
-            # the model to ship: the average of the newest epochs, or this epoch's weights
-            ship_model, averaged = train_module.model, []
-            if args.average_last:
-                current = {k: v.detach().cpu() for k, v in train_module.model.state_dict().items()}
-                state, averaged = average_epoch_models(save_dir, args.average_last, current, epoch)
-                ship_model = build_model(**model_config).to(device)
-                ship_model.load_state_dict(state)
-            summary = f"epoch {row['epoch']}: loss {row['loss']:.4f} acc {row['accuracy']:.4f}"
-            improved = not test_wavs or bool(args.average_last)
-            metrics = None
-            if test_wavs:
-                metrics = evaluate(ship_model, extractor, test_wavs, test_labels, device)
-                row["eer"], row["min_dcf"] = round(metrics["eer"], 5), round(metrics["min_dcf"], 5)
-                improved = improved or best["eer"] is None or metrics["eer"] <= best["eer"]
-                what = f"average of epochs {','.join(map(str, averaged))}" if averaged else "model"
-                summary += (
-                    f" | validation EER ({what}) {metrics['eer']:.2%} minDCF(0.01) {metrics['min_dcf']:.4f}"
-                    f" threshold {metrics['threshold']:.3f}{' (best)' if improved and not averaged else ''}"
-                )
-            if improved:
-                best = {"eer": None, "epoch": row["epoch"], "threshold": None, "min_dcf": None}
-                if metrics is not None:
-                    best.update(eer=metrics["eer"], threshold=metrics["threshold"], min_dcf=metrics["min_dcf"],
-                                recognition_threshold=metrics["threshold_at_far_1pct"])  # fmt: skip
-                meta = {"epoch": row["epoch"], "global_step": global_step, "averaged_epochs": averaged,
-                        "valid_eer": best["eer"], "valid_min_dcf": best["min_dcf"],
-                        "train_list": args.train_list_path, "teacher": args.teacher,
-                        "valid": args.valid_list_path or f"{args.valid_speakers} speakers held out of train_list",
-                        "selection": f"average of the last {args.average_last} epochs" if args.average_last
-                        else "epoch with the best validation EER"}  # fmt: skip
-                points = OperatingPoints(
-                    verification=best["threshold"], identification=best.get("recognition_threshold"),
-                    measured_on=meta["valid"] if metrics is not None else "",
-                )  # fmt: skip
-                save_inference_model(
-                    save_dir / "inference.pt", ship_model, model_config, feature_config.to_dict(), points, meta,
-                    half=args.inference_half,
-                )  # fmt: skip
-            if epoch_done:
-                save_state(save_dir / f"epoch_{epoch}" / "checkpoint.pt", epoch, 0)
-                prune_epochs(save_dir, max(args.keep_checkpoints, args.average_last))  # the averaged ones stay
-            else:
-                save_state(save_dir / "last" / "checkpoint.pt", epoch, step_in_epoch)
-            eval_seconds = time.time() - eval_started
-            eval_reserve = 1.25 * eval_seconds + 5.0
-            row["eval_seconds"] = round(eval_seconds, 1)
-            print(f"{summary} | train {row['seconds']} s, validation and save {row['eval_seconds']} s")
-            write_log_row(log_path, row)
-            if writer is not None:
-                for key in ("loss", "accuracy", "lr"):
-                    writer.add_scalar(f"train/{key}", row[key], global_step)
-                if row["eer"] != "":
-                    writer.add_scalar("valid/eer", row["eer"], global_step)
-                    writer.add_scalar("valid/min_dcf", row["min_dcf"], global_step)
-        if world_size > 1:
+        # evaluate and save
+        if proc.is_main:
+            evaluate_and_save(trainer, progress, epoch_done, time.time() - started)
+        if proc.world_size > 1:
             dist.barrier()
+        progress.start_epoch()
 
-    if is_main:
-        inference_path = save_dir / "inference.pt"
-        where = f"inference model at {inference_path}" if inference_path.is_file() else "no inference model written"
-        print(f"done: {global_step} steps; {where}")
-        if best["eer"] is not None:
-            print(f"validation EER of the shipped model {best['eer']:.2%} (threshold {best['threshold']:.3f})")
-        if inference_path.is_file():
-            model_arg = f"--model_path {inference_path}"
-            print("next:")
-            print(f"  python eval.py {model_arg}                      # EER on dataset/test_list.txt, once")
-            print(f"  python infer_contrast.py {model_arg} --audio_path1 A.wav --audio_path2 B.wav")
-            print(f"  python infer_recognition.py {model_arg} --audio_db audio_db --recognize C.wav")
-    if writer is not None:
-        writer.close()
-    if world_size > 1:
+    # done
+    if proc.is_main:
+        print_next_steps(save_dir, progress)
+    if trainer.writer is not None:
+        trainer.writer.close()
+    if proc.world_size > 1:
         dist.destroy_process_group()
 
 
