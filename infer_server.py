@@ -30,31 +30,28 @@ put the service behind HTTPS.
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import math
 import os
-import re
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-import soundfile as sf
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
-from utils.audio import MAX_RATE, MIN_RATE, SAMPLE_RATE, AudioError, check_speech, resample
+from utils.audio import MIN_SPEECH_SECONDS, SAMPLE_RATE, AudioError, AudioTooLongError, prepare_audio
 from utils.config import HelpFormatter, fail, print_arguments
-from utils.errors import run_cli
+from utils.errors import UserError, run_cli
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-MIN_SECONDS = 0.3  # same floor as utils.embedder
 MAX_REGISTER_FILES = 16
 MULTIPART_SLACK = 64 * 1024  # boundaries, part headers and the name field on top of the audio bytes
 # how many audio files each endpoint takes: its request body may hold that many --max_upload_mb files
@@ -116,70 +113,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 # audio uploads
 
 
-class TooLongError(AudioError):
-    """A recording longer than --max_seconds (answered with 413)."""
-
-
-def decode_audio_bytes(
-    data: bytes,
-    name: str = "audio",
-    max_seconds: float | None = None,
-    sample_rate: int = SAMPLE_RATE,
-    min_seconds: float = MIN_SECONDS,
-) -> np.ndarray:
-    """Decode an uploaded WAV/FLAC/OGG/MP3 to mono float32 at `sample_rate`, checked for usable speech.
-
-    The messages match utils.audio.load_audio/check_speech, with the upload's
-    file name in place of a path. A recording longer than `max_seconds` raises
-    TooLongError before it is decoded in full, so memory stays bounded.
-    """
-    if not data:
-        raise AudioError(f"audio file is empty (0 bytes): {name}")
-    try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            rate = int(f.samplerate)
-            if not MIN_RATE <= rate <= MAX_RATE:
-                # a header claiming e.g. 1 Hz would be "resampled" into gigabytes
-                raise AudioError(f"audio file {name} has an implausible sample rate of {rate} Hz")
-            limit = None if max_seconds is None else int(max_seconds * rate)
-            if limit is not None and f.frames > limit:
-                raise TooLongError(_too_long(name, f.frames / rate, max_seconds))
-            # block by block, each downmixed at once: memory holds one mono copy, whatever the channel count;
-            # one frame past the limit tells a too-long file apart when the header's length is wrong
-            blocks, total = [], 0
-            for block in f.blocks(blocksize=rate, dtype="float32", always_2d=True):
-                blocks.append(block.mean(axis=1) if block.shape[1] > 1 else block[:, 0].copy())
-                total += len(block)
-                if limit is not None and total > limit:
-                    break
-    except AudioError:
-        raise
-    except Exception as exc:  # soundfile raises several types for bad data
-        # soundfile names the stream by its repr (<_io.BytesIO object at 0x...>): name the upload instead
-        reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", repr(name), _short(exc))
-        raise AudioError(f"cannot decode audio file {name}: {reason}") from None
-    if limit is not None and total > limit:
-        raise TooLongError(_too_long(name, None, max_seconds))
-    if total == 0:
-        raise AudioError(f"audio file {name} has no samples")
-    wav = np.concatenate(blocks).astype(np.float32, copy=False)
-    if not np.isfinite(wav).all():
-        raise AudioError(f"audio file {name} contains NaN or infinite samples")
-    wav = resample(wav, rate, sample_rate)
-    check_speech(wav, sample_rate, min_seconds, name)
-    return np.ascontiguousarray(wav, dtype=np.float32)
-
-
-def _too_long(name: str, seconds: float | None, max_seconds: float) -> str:
-    length = f"{seconds:.1f} s long" if seconds is not None else "too long"
-    return f"audio file {name} is {length}; the server accepts at most {max_seconds:g} s per recording (--max_seconds)"
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[-1] if text else type(exc).__name__
-
-
 def _upload_name(upload: UploadFile, field: str) -> str:
     # the client's file name only labels error messages; keep it printable and short
     name = "".join(ch for ch in (upload.filename or "") if ch.isprintable())[:100]
@@ -239,7 +172,86 @@ async def _send_413(send: Callable, detail: str) -> None:
     await send({"type": "http.response.body", "body": response.body})
 
 
-# the app
+# the service's state: set up once by create_app, shared by every request
+
+
+@dataclass
+class Service:
+    """The loaded model, the library and the limits every route works with.
+
+    Two operating points, as in the command-line tools: /contrast (1:1, like infer_contrast.py) uses
+    `threshold`; /recognize (1:N, like infer_recognition.py) uses the library's `recognition_threshold`.
+    `model_slot` bounds how many requests run the model at once (memory and CPU stay bounded under load).
+    SpeakerDB flocks the folder against other processes; `db_lock` makes this process's writers (register,
+    remove) take turns. Readers never take it: sync() has SpeakerDB's own short lock and recognize() reads
+    an immutable snapshot, so /speakers and /recognize do not wait while a registration is being embedded.
+    """
+
+    embedder: Any
+    db: Any
+    max_upload_mb: float
+    max_seconds: float
+    threshold: float
+    recognition_threshold: float
+    model_slot: threading.BoundedSemaphore
+    db_lock: threading.RLock = field(default_factory=threading.RLock)
+
+    def read_upload(self, upload: UploadFile, field: str, min_seconds: float = MIN_SPEECH_SECONDS) -> np.ndarray:
+        """An uploaded file as checked 16 kHz mono speech (utils.audio.prepare_audio, like every entry point)."""
+        name = _upload_name(upload, field)
+        max_bytes = int(self.max_upload_mb * 2**20)
+        data = upload.file.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise HTTPException(413, f"audio file {name} is larger than {self.max_upload_mb:g} MB (--max_upload_mb)")
+        return prepare_audio(data, name=name, min_seconds=min_seconds, max_seconds=self.max_seconds)
+
+
+def get_service(request: Request) -> Service:
+    return request.app.state.service
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]
+router = APIRouter()
+
+
+# errors: always JSON {"detail": "<one line>"}, never a 500 for bad input
+
+
+async def audio_error(request: Request, exc: AudioError) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=413 if isinstance(exc, AudioTooLongError) else 400)
+
+
+async def user_error(request: Request, exc: UserError) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=400)
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return JSONResponse({"detail": _validation_message(exc)}, status_code=422)
+
+
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("internal error on %s %s", request.method, request.url.path)
+    return JSONResponse({"detail": f"internal server error: {type(exc).__name__}"}, status_code=500)
+
+
+# pages
+
+
+@router.get("/", include_in_schema=False)
+def index() -> FileResponse:
+    return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+def swagger_ui(request: Request) -> Any:
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    return get_swagger_ui_html(
+        openapi_url="/openapi.json",
+        title="voiceprint API",
+        swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+        swagger_css_url="/docs-assets/swagger-ui.css",
+        swagger_favicon_url="/docs-assets/favicon-32x32.png",
+    )
 
 
 def _swagger_ui_assets() -> str | None:
@@ -249,6 +261,109 @@ def _swagger_ui_assets() -> str | None:
     except ImportError:
         return None
     return str(swagger_ui_bundle.swagger_ui_path)
+
+
+# API (sync endpoints: FastAPI runs them in its threadpool, so the model never blocks the event loop)
+
+
+@router.post("/contrast", response_model=ContrastResult, responses=ERRORS, summary="Are two recordings one voice?")
+def contrast(
+    svc: ServiceDep,
+    file1: Annotated[UploadFile, File(description="first recording")],
+    file2: Annotated[UploadFile, File(description="second recording")],
+) -> dict:
+    wav1, wav2 = svc.read_upload(file1, "file1"), svc.read_upload(file2, "file2")
+    with svc.model_slot:
+        emb1 = svc.embedder.embed_array(wav1, SAMPLE_RATE, _upload_name(file1, "file1"))
+        emb2 = svc.embedder.embed_array(wav2, SAMPLE_RATE, _upload_name(file2, "file2"))
+    score = float(np.dot(emb1, emb2))
+    return {"score": score, "threshold": svc.threshold, "same_speaker": score >= svc.threshold}
+
+
+@router.post("/register", response_model=RegisterResult, responses=ERRORS, summary="Add recordings of a speaker")
+def register(
+    svc: ServiceDep,
+    name: Annotated[str, Form(description="speaker name")],
+    files: Annotated[list[UploadFile], File(description="one or more recordings of the speaker")],
+) -> dict:
+    from utils.speaker_db import MIN_REGISTER_SECONDS, validate_name
+
+    name = validate_name(name)
+    if len(files) > MAX_REGISTER_FILES:
+        raise HTTPException(400, f"at most {MAX_REGISTER_FILES} files per registration, got {len(files)}")
+    # all decoded and checked first (named by file), so one bad file registers nothing
+    wavs = [svc.read_upload(f, "files", MIN_REGISTER_SECONDS) for f in files]
+    with svc.db_lock, svc.model_slot:
+        count = svc.db.register(name, wavs, sample_rate=SAMPLE_RATE)
+    return {"name": name, "recordings": int(count)}
+
+
+@router.post(
+    "/recognize",
+    response_model=RecognizeResult,
+    responses={**ERRORS, 409: {"model": ErrorResult, "description": "no speaker is registered"}},
+    summary="Who is speaking? (name is null for an unknown voice)",
+)
+def recognize(svc: ServiceDep, file: Annotated[UploadFile, File(description="recording to identify")]) -> dict:
+    from utils.speaker_db import SpeakerDBError
+
+    wav = svc.read_upload(file, "file")
+    svc.db.refresh()  # another process (infer_recognition.py) may have registered or removed someone since
+    try:
+        with svc.model_slot:  # no db_lock: recognition reads an immutable snapshot of the library
+            result = svc.db.recognize(wav, sample_rate=SAMPLE_RATE)
+    except SpeakerDBError as exc:  # the library is empty
+        raise HTTPException(409, str(exc)) from None
+    return {
+        "name": result.name,
+        "score": float(result.score),
+        "runner_up": result.runner_up,
+        "runner_up_score": None if result.runner_up_score is None else float(result.runner_up_score),
+        "best": result.best,
+        "threshold": svc.recognition_threshold,
+    }
+
+
+@router.get("/speakers", response_model=SpeakersResult, summary="Registered speakers and their recording counts")
+def speakers(svc: ServiceDep) -> dict:
+    svc.db.sync()  # pick up what other processes (infer_recognition.py) changed
+    return {"speakers": {str(k): int(v) for k, v in svc.db.counts().items()}}
+
+
+@router.delete(
+    "/speakers/{name:path}",
+    response_model=RemoveResult,
+    responses={400: ERRORS[400], 404: {"model": ErrorResult, "description": "unknown speaker"}},
+    summary="Remove a speaker and their recordings",
+)
+def remove(svc: ServiceDep, name: str) -> dict:
+    from utils.speaker_db import SpeakerDBError, validate_name
+
+    name = validate_name(name)
+    with svc.db_lock:
+        svc.db.sync()
+        if name not in svc.db.names():
+            raise HTTPException(404, f"unknown speaker: {name}")
+        try:
+            svc.db.remove(name)
+        except SpeakerDBError as exc:  # removed by another process since the check
+            raise HTTPException(404, str(exc)) from None
+    return {"removed": name}
+
+
+@router.get("/health", response_model=HealthResult, summary="Liveness, model and library size")
+def health(svc: ServiceDep) -> dict:
+    svc.db.refresh()
+    return {
+        "status": "ok",
+        "model": str(svc.embedder.model_path),
+        "speakers": len(svc.db),
+        "threshold": svc.recognition_threshold,
+        "contrast_threshold": svc.threshold,
+    }
+
+
+# the app
 
 
 def create_app(
@@ -261,36 +376,14 @@ def create_app(
 ) -> FastAPI:
     """The web service around a loaded `Embedder` and a `SpeakerDB` (see main() for the flags).
 
-    Two operating points, as in the command-line tools: /contrast (1:1, like
-    infer_contrast.py) uses `threshold`, by default the model's EER threshold;
-    /recognize (1:N, like infer_recognition.py) uses the library's own
-    `db.threshold` (SpeakerDB(threshold=...), by default the model's stricter
-    recognition threshold). `inference_slots` bounds how many requests run the
-    model at once (memory and CPU stay bounded under load); default: CPU cores
-    / torch threads.
+    /contrast uses `threshold`, by default the model's EER threshold; /recognize uses the library's own
+    `db.threshold` (SpeakerDB(threshold=...), by default the model's stricter recognition threshold).
+    `inference_slots` bounds concurrent model runs; default: CPU cores / torch threads.
     """
-    from utils.speaker_db import MIN_REGISTER_SECONDS, SpeakerDBError, validate_name
-
-    recognition_threshold = float(db.threshold)
-    threshold = embedder.operating_points.resolve("verification", threshold)
-    max_bytes = int(max_upload_mb * 2**20)
     if inference_slots is None:
         import torch
 
         inference_slots = max(1, (os.cpu_count() or 1) // max(1, torch.get_num_threads()))
-    model_slot = threading.BoundedSemaphore(inference_slots)
-    # SpeakerDB flocks the folder against other processes; this lock makes this process's writers (register,
-    # remove) take turns. Readers never take it: sync() has SpeakerDB's own short lock and recognize() reads
-    # an immutable snapshot, so /speakers and /recognize do not wait while a registration is being embedded.
-    db_lock = threading.RLock()
-
-    def read_upload(upload: UploadFile, field: str, min_seconds: float = MIN_SECONDS) -> np.ndarray:
-        name = _upload_name(upload, field)
-        data = upload.file.read(max_bytes + 1)
-        if len(data) > max_bytes:
-            raise HTTPException(413, f"audio file {name} is larger than {max_upload_mb:g} MB (--max_upload_mb)")
-        return decode_audio_bytes(data, name, max_seconds, min_seconds=min_seconds)
-
     docs_assets = _swagger_ui_assets()
     app = FastAPI(
         docs_url=None if docs_assets else "/docs",  # served below from local files when they are installed
@@ -302,135 +395,26 @@ def create_app(
             'Errors are JSON `{"detail": "..."}`.'
         ),
     )
+    app.state.service = Service(
+        embedder=embedder,
+        db=db,
+        max_upload_mb=max_upload_mb,
+        max_seconds=max_seconds,
+        threshold=embedder.operating_points.resolve("verification", threshold),
+        recognition_threshold=float(db.threshold),
+        model_slot=threading.BoundedSemaphore(inference_slots),
+    )
     app.add_middleware(_BodyLimit, limit_for=lambda path: _request_limit(path, max_upload_mb))
+    app.add_exception_handler(AudioError, audio_error)
+    app.add_exception_handler(UserError, user_error)  # an invalid speaker name, a library problem
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, internal_error)
     if docs_assets:
-        from fastapi.openapi.docs import get_swagger_ui_html
-
         app.mount("/docs-assets", StaticFiles(directory=docs_assets), name="docs-assets")
-
-        @app.get("/docs", include_in_schema=False)
-        def docs() -> Any:
-            return get_swagger_ui_html(
-                openapi_url="/openapi.json",
-                title="voiceprint API",
-                swagger_js_url="/docs-assets/swagger-ui-bundle.js",
-                swagger_css_url="/docs-assets/swagger-ui.css",
-                swagger_favicon_url="/docs-assets/favicon-32x32.png",
-            )
-
-    # errors: always JSON {"detail": "<one line>"}, never a 500 for bad input
-
-    @app.exception_handler(AudioError)
-    async def audio_error(request: Request, exc: AudioError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=413 if isinstance(exc, TooLongError) else 400)
-
-    @app.exception_handler(SpeakerDBError)
-    async def db_error(request: Request, exc: SpeakerDBError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=400)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _validation_message(exc)}, status_code=422)
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("internal error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": f"internal server error: {type(exc).__name__}"}, status_code=500)
-
-    # pages
-
-    @app.get("/", include_in_schema=False)
-    def index() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
-
+        app.add_api_route("/docs", swagger_ui, include_in_schema=False)
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-
-    # API (sync endpoints: FastAPI runs them in its threadpool, so the model never blocks the event loop)
-
-    @app.post("/contrast", response_model=ContrastResult, responses=ERRORS, summary="Are two recordings one voice?")
-    def contrast(
-        file1: Annotated[UploadFile, File(description="first recording")],
-        file2: Annotated[UploadFile, File(description="second recording")],
-    ) -> dict:
-        wav1, wav2 = read_upload(file1, "file1"), read_upload(file2, "file2")
-        with model_slot:
-            emb1 = embedder.embed_array(wav1, SAMPLE_RATE, _upload_name(file1, "file1"))
-            emb2 = embedder.embed_array(wav2, SAMPLE_RATE, _upload_name(file2, "file2"))
-        score = float(np.dot(emb1, emb2))
-        return {"score": score, "threshold": threshold, "same_speaker": score >= threshold}
-
-    @app.post("/register", response_model=RegisterResult, responses=ERRORS, summary="Add recordings of a speaker")
-    def register(
-        name: Annotated[str, Form(description="speaker name")],
-        files: Annotated[list[UploadFile], File(description="one or more recordings of the speaker")],
-    ) -> dict:
-        name = validate_name(name)
-        if len(files) > MAX_REGISTER_FILES:
-            raise HTTPException(400, f"at most {MAX_REGISTER_FILES} files per registration, got {len(files)}")
-        # all decoded and checked first (named by file), so one bad file registers nothing
-        wavs = [read_upload(f, "files", MIN_REGISTER_SECONDS) for f in files]
-        with db_lock, model_slot:
-            count = db.register(name, wavs, sample_rate=SAMPLE_RATE)
-        return {"name": name, "recordings": int(count)}
-
-    @app.post(
-        "/recognize",
-        response_model=RecognizeResult,
-        responses={**ERRORS, 409: {"model": ErrorResult, "description": "no speaker is registered"}},
-        summary="Who is speaking? (name is null for an unknown voice)",
-    )
-    def recognize(file: Annotated[UploadFile, File(description="recording to identify")]) -> dict:
-        wav = read_upload(file, "file")
-        db.refresh()  # another process (infer_recognition.py) may have registered or removed someone since
-        try:
-            with model_slot:  # no db_lock: recognition reads an immutable snapshot of the library
-                result = db.recognize(wav, sample_rate=SAMPLE_RATE)
-        except SpeakerDBError as exc:  # the library is empty
-            raise HTTPException(409, str(exc)) from None
-        return {
-            "name": result.name,
-            "score": float(result.score),
-            "runner_up": result.runner_up,
-            "runner_up_score": None if result.runner_up_score is None else float(result.runner_up_score),
-            "best": result.best,
-            "threshold": recognition_threshold,
-        }
-
-    @app.get("/speakers", response_model=SpeakersResult, summary="Registered speakers and their recording counts")
-    def speakers() -> dict:
-        db.sync()  # pick up what other processes (infer_recognition.py) changed
-        return {"speakers": {str(k): int(v) for k, v in db.counts().items()}}
-
-    @app.delete(
-        "/speakers/{name:path}",
-        response_model=RemoveResult,
-        responses={400: ERRORS[400], 404: {"model": ErrorResult, "description": "unknown speaker"}},
-        summary="Remove a speaker and their recordings",
-    )
-    def remove(name: str) -> dict:
-        name = validate_name(name)
-        with db_lock:
-            db.sync()
-            if name not in db.names():
-                raise HTTPException(404, f"unknown speaker: {name}")
-            try:
-                db.remove(name)
-            except SpeakerDBError as exc:  # removed by another process since the check
-                raise HTTPException(404, str(exc)) from None
-        return {"removed": name}
-
-    @app.get("/health", response_model=HealthResult, summary="Liveness, model and library size")
-    def health() -> dict:
-        db.refresh()
-        return {
-            "status": "ok",
-            "model": str(embedder.model_path),
-            "speakers": len(db),
-            "threshold": recognition_threshold,
-            "contrast_threshold": threshold,
-        }
-
+    app.include_router(router)
     return app
 
 

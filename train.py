@@ -480,9 +480,9 @@ def read_training_lists(args: argparse.Namespace, is_main: bool) -> tuple[list, 
             valid_items = read_list(args.valid_list_path)
         else:
             train_items, valid_items = split_validation(train_items, args.valid_speakers)
+        num_speakers = num_classes_of(train_items)
     except ListError as exc:
         fail(str(exc))
-    num_speakers = num_classes_of(train_items)
     unused = num_speakers - len({label for _, label in train_items})
     if unused and is_main:
         print(

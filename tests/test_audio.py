@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +11,12 @@ import soundfile as sf
 
 from utils.audio import (
     AudioError,
+    AudioTooLongError,
     Augmenter,
     audio_info,
     crop_or_pad,
     load_audio,
+    prepare_audio,
     random_crop,
     resample,
     speed_perturb,
@@ -151,3 +154,51 @@ def test_synthetic_rir_is_a_room_not_an_echo_chamber() -> None:
     augmenter = Augmenter(noise_prob=0.0, reverb_prob=1.0, gain_db=0.0)
     wet = augmenter._reverb(dry, np.random.default_rng(1))
     assert wet.shape == dry.shape and np.corrcoef(dry, wet)[0, 1] > 0.5
+
+
+# uploads: prepare_audio on the bytes of a file (what the server does)
+
+
+def test_prepare_audio_from_upload_bytes(shared_data: Path) -> None:
+    mp3 = next((shared_data / "librispeech" / "dev-clean" / "777").glob("*/*.mp3"))
+    wav = prepare_audio(mp3.read_bytes(), name="x.mp3")
+    assert wav.dtype == np.float32 and wav.ndim == 1 and len(wav) == sf.info(str(mp3)).frames
+    # 8 kHz stereo FLAC and OGG come back as 16 kHz mono
+    stereo = np.stack([wav[:16000:2], wav[:16000:2]], axis=1)
+    for fmt, subtype in (("FLAC", "PCM_16"), ("OGG", "VORBIS")):
+        out = prepare_audio(_wav_bytes(stereo, 8000, fmt, subtype), name=f"x.{fmt.lower()}")
+        assert out.ndim == 1 and abs(len(out) - 16000) <= 1
+    with pytest.raises(AudioError, match=r"cannot decode audio file junk.bin: Error opening 'junk.bin'"):
+        prepare_audio(b"not audio at all" * 10, name="junk.bin")
+    with pytest.raises(AudioError, match=r"empty \(0 bytes\): e.wav"):
+        prepare_audio(b"", name="e.wav")
+    with pytest.raises(AudioError, match=r"short.wav is too short: 0.100 s"):
+        prepare_audio(_wav_bytes(wav[:1600]), name="short.wav")
+    with pytest.raises(AudioError, match="silent"):
+        prepare_audio(_wav_bytes(np.zeros(16000, np.float32)), name="quiet.wav")
+    with pytest.raises(AudioTooLongError, match=r"at most 2 s per recording"):
+        prepare_audio(_wav_bytes(wav[:48000]), name="long.wav", max_seconds=2)
+
+
+def _wav_bytes(wav: np.ndarray, rate: int = 16000, fmt: str = "WAV", subtype: str = "PCM_16") -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, wav, rate, format=fmt, subtype=subtype)
+    return buffer.getvalue()
+
+
+def test_prepare_audio_arrays_paths_and_bytes_agree(tmp_path: Path) -> None:
+    """One preparation for every entry point: int16 stereo array, file and upload bytes give the same samples."""
+    rng = np.random.default_rng(0)
+    pcm = (rng.standard_normal((8000, 2)) * 3000).astype(np.int16)
+    from_array = prepare_audio(pcm, 8000)
+    path = tmp_path / "x.wav"
+    sf.write(path, pcm, 8000, subtype="PCM_16")
+    from_path = prepare_audio(path)
+    from_bytes = prepare_audio(path.read_bytes(), name="x.wav")
+    assert from_array.shape == from_path.shape == from_bytes.shape == (16000,)
+    np.testing.assert_allclose(from_array, from_path, atol=1e-4)
+    np.testing.assert_allclose(from_path, from_bytes, atol=1e-6)
+    with pytest.raises(AudioError, match="recording 2 contains NaN"):
+        prepare_audio(np.full(16000, np.nan, np.float32), name="recording 2")
+    with pytest.raises(AudioError, match=rf"{path.name} is too short: 1.000 s \(need at least 2 s\)"):
+        prepare_audio(path, min_seconds=2.0)

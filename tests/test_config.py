@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from conftest import ROOT
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPTS = ("create_data", "train", "eval", "infer_contrast", "infer_recognition", "infer_server", "export_onnx")
 

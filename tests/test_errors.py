@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 
 from utils.errors import UserError, describe_os_error, run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def exit_of(main, capsys) -> tuple[int, str]:

@@ -13,8 +13,7 @@ httpx = pytest.importorskip("httpx", reason="httpx is not installed (pip install
 pytest.importorskip("fastapi", reason="fastapi is not installed (pip install -r requirements.txt)")
 
 from benchmarks.server_load import Clips, ServerProcess, run_load  # noqa: E402
-from infer_server import TooLongError, decode_audio_bytes  # noqa: E402
-from utils.audio import AudioError  # noqa: E402
+from utils.audio import prepare_audio  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,30 +96,6 @@ def _assert_error(response: httpx.Response, status: int, *words: str) -> str:
     return detail
 
 
-# the upload decoder (in-process, no server)
-
-
-def test_decode_audio_bytes_formats_and_messages(shared_data: Path) -> None:
-    mp3 = next((shared_data / "librispeech" / "dev-clean" / "777").glob("*/*.mp3"))
-    wav = decode_audio_bytes(mp3.read_bytes(), "x.mp3")
-    assert wav.dtype == np.float32 and wav.ndim == 1 and len(wav) == sf.info(str(mp3)).frames
-    # 8 kHz stereo FLAC and OGG come back as 16 kHz mono
-    stereo = np.stack([wav[:16000:2], wav[:16000:2]], axis=1)
-    for fmt, subtype in (("FLAC", "PCM_16"), ("OGG", "VORBIS")):
-        out = decode_audio_bytes(_wav_bytes(stereo, 8000, fmt, subtype), f"x.{fmt.lower()}")
-        assert out.ndim == 1 and abs(len(out) - 16000) <= 1
-    with pytest.raises(AudioError, match=r"cannot decode audio file junk.bin: Error opening 'junk.bin'"):
-        decode_audio_bytes(b"not audio at all" * 10, "junk.bin")
-    with pytest.raises(AudioError, match=r"empty \(0 bytes\): e.wav"):
-        decode_audio_bytes(b"", "e.wav")
-    with pytest.raises(AudioError, match=r"short.wav is too short: 0.100 s"):
-        decode_audio_bytes(_wav_bytes(wav[:1600]), "short.wav")
-    with pytest.raises(AudioError, match="silent"):
-        decode_audio_bytes(_wav_bytes(np.zeros(16000, np.float32)), "quiet.wav")
-    with pytest.raises(TooLongError, match=r"at most 2 s per recording"):
-        decode_audio_bytes(_wav_bytes(wav[:48000]), "long.wav", max_seconds=2)
-
-
 # the real server
 
 
@@ -195,7 +170,7 @@ def test_speakers_add_and_delete(client, enrolled, speech) -> None:
 def test_bad_input_is_4xx_json(client, enrolled, speech, shared_data: Path) -> None:
     before = client.get("/speakers").json()["speakers"]
     real = speech["alice"][3]
-    wav = decode_audio_bytes(real.read_bytes(), real.name)
+    wav = prepare_audio(real.read_bytes(), name=real.name)
     rng = np.random.default_rng(0)
     # 400: undecodable, too short, silent, bad names
     _assert_error(client.post("/recognize", files={"file": ("r.bin", rng.bytes(5000))}), 400, "cannot decode", "r.bin")

@@ -8,7 +8,9 @@ as is (no traceback).
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from math import gcd
@@ -21,6 +23,7 @@ from utils.errors import UserError
 
 SAMPLE_RATE = 16000
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus")
+MIN_SPEECH_SECONDS = 0.3  # the shortest recording that still carries a voiceprint
 MIN_RATE, MAX_RATE = 1000, 768000  # sample rates load_audio accepts (real audio is 8 kHz .. 384 kHz)
 
 
@@ -155,6 +158,85 @@ def _short(exc: BaseException) -> str:
     return text[-1] if text else type(exc).__name__
 
 
+# one preparation for every recording (embedder, library, server)
+
+
+class AudioTooLongError(AudioError):
+    """A recording longer than a caller's limit (the server answers it with 413)."""
+
+
+def decode_audio_bytes(data: bytes, name: str = "audio", max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """Decode an in-memory WAV/FLAC/OGG/MP3 to (mono float32, its sample rate).
+
+    A recording longer than `max_seconds` raises AudioTooLongError before it is decoded in full, and
+    channels are mixed block by block, so memory holds one mono copy whatever the file claims.
+    """
+    if not data:
+        raise AudioError(f"audio file is empty (0 bytes): {name}")
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            rate = int(f.samplerate)
+            if not MIN_RATE <= rate <= MAX_RATE:
+                # a header claiming e.g. 1 Hz would be "resampled" into gigabytes
+                raise AudioError(f"audio file {name} has an implausible sample rate of {rate} Hz")
+            limit = None if max_seconds is None else int(max_seconds * rate)
+            if limit is not None and f.frames > limit:
+                raise AudioTooLongError(_too_long(name, f.frames / rate, max_seconds))
+            # one frame past the limit tells a too-long file apart when the header's length is wrong
+            blocks, total = [], 0
+            for block in f.blocks(blocksize=rate, dtype="float32", always_2d=True):
+                blocks.append(block.mean(axis=1) if block.shape[1] > 1 else block[:, 0].copy())
+                total += len(block)
+                if limit is not None and total > limit:
+                    break
+    except AudioError:
+        raise
+    except Exception as exc:  # soundfile raises several types for bad data
+        # soundfile names the stream by its repr (<_io.BytesIO object at 0x...>): name the upload instead
+        reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", repr(name), _short(exc))
+        raise AudioError(f"cannot decode audio file {name}: {reason}") from None
+    if limit is not None and total > limit:
+        raise AudioTooLongError(_too_long(name, None, max_seconds))
+    if total == 0:
+        raise AudioError(f"audio file {name} has no samples")
+    return np.concatenate(blocks).astype(np.float32, copy=False), rate
+
+
+def _too_long(name: str, seconds: float | None, max_seconds: float) -> str:
+    length = f"{seconds:.1f} s long" if seconds is not None else "too long"
+    return f"audio file {name} is {length}; the server accepts at most {max_seconds:g} s per recording (--max_seconds)"
+
+
+def prepare_audio(
+    source: np.ndarray | bytes | str | os.PathLike,
+    sample_rate: int = SAMPLE_RATE,
+    name: str | None = None,
+    min_seconds: float = MIN_SPEECH_SECONDS,
+    max_seconds: float | None = None,
+) -> np.ndarray:
+    """Any recording -> mono float32 at 16 kHz, finite, checked to carry speech.
+
+    `source` is a file path, the bytes of an audio file (an upload), or an array of any channel layout
+    and integer or float type at `sample_rate`. `name` labels error messages (default: the path, or
+    "audio"). The one place where recordings become model input, so every entry point refuses the same
+    things with the same messages.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        name = name or str(source)
+        wav = load_audio(source)
+    else:
+        name = name or "audio"
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            wav, sample_rate = decode_audio_bytes(bytes(source), name, max_seconds)
+        else:
+            wav = to_mono(source)
+        if not np.isfinite(wav).all():
+            raise AudioError(f"{name} contains NaN or infinite samples")
+        wav = resample(wav, int(sample_rate), SAMPLE_RATE)
+    check_speech(wav, SAMPLE_RATE, min_seconds, name)
+    return np.ascontiguousarray(wav, dtype=np.float32)
+
+
 # checks
 
 
@@ -164,7 +246,7 @@ def format_short_seconds(seconds: float) -> str:
 
 
 def check_speech(
-    wav: np.ndarray, sample_rate: int = SAMPLE_RATE, min_seconds: float = 0.3, name: str = "audio"
+    wav: np.ndarray, sample_rate: int = SAMPLE_RATE, min_seconds: float = MIN_SPEECH_SECONDS, name: str = "audio"
 ) -> None:
     """Raise AudioError when a recording is too short or silent to carry a voiceprint."""
     seconds = len(wav) / sample_rate

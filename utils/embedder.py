@@ -25,13 +25,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from utils.audio import SAMPLE_RATE, AudioError, audio_info, check_speech, load_audio, resample, to_mono
+from utils.audio import MIN_SPEECH_SECONDS, SAMPLE_RATE, AudioError, audio_info, check_speech, load_audio, prepare_audio
 from utils.checkpoint import load_inference_model, resolve_model_path
 from utils.features import FeatureConfig, FeatureExtractor
 from utils.onnx_model import is_onnx_path, load_onnx_model
 from utils.operating_points import OperatingPoints
 
-MIN_SECONDS = 0.3
+MIN_SECONDS = MIN_SPEECH_SECONDS  # the same floor everywhere (utils.audio)
 
 
 def segment_bounds(total: float, segment: float) -> list[tuple[float, float]]:
@@ -113,12 +113,7 @@ class Embedder:
 
     def embed_array(self, wav: np.ndarray, sample_rate: int = SAMPLE_RATE, name: str = "audio") -> np.ndarray:
         """Embed an in-memory recording of any rate and channel layout."""
-        wav = to_mono(wav)
-        if not np.isfinite(wav).all():
-            raise AudioError(f"{name} contains NaN or infinite samples")
-        wav = resample(wav, sample_rate, SAMPLE_RATE)
-        check_speech(wav, SAMPLE_RATE, MIN_SECONDS, name)
-        return self._embed_long(wav, name)
+        return self._embed_long(prepare_audio(wav, sample_rate, name), name)
 
     def _embed_long(self, wav: np.ndarray, name: str = "audio") -> np.ndarray:
         """Whole, or as the same segments embed_file streams; silent segments get no vote."""

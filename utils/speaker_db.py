@@ -57,10 +57,7 @@ from utils.audio import (
     SAMPLE_RATE,
     AudioError,
     as_float_audio,
-    check_speech,
-    load_audio,
-    resample,
-    to_mono,
+    prepare_audio,
 )
 from utils.errors import UserError
 from utils.operating_points import FALLBACK, OperatingPoints
@@ -416,17 +413,8 @@ class SpeakerDB:
         return self._snapshot.counts.get(name, 0)
 
     def _load_recording(self, recording: np.ndarray | str | os.PathLike, sample_rate: int, index: int) -> np.ndarray:
-        label = f"recording {index + 1}"
-        if isinstance(recording, (str, os.PathLike)):
-            label = str(recording)
-            wav = load_audio(recording)
-        else:
-            wav = to_mono(as_float_audio(recording))
-            if not np.isfinite(wav).all():
-                raise AudioError(f"{label} contains NaN or infinite samples")
-            wav = resample(wav, int(sample_rate), SAMPLE_RATE)
-        check_speech(wav, SAMPLE_RATE, MIN_REGISTER_SECONDS, label)
-        return np.ascontiguousarray(wav, dtype=np.float32)
+        name = None if isinstance(recording, (str, os.PathLike)) else f"recording {index + 1}"
+        return prepare_audio(recording, sample_rate, name, min_seconds=MIN_REGISTER_SECONDS)
 
     def remove(self, name: str) -> None:
         """Delete a speaker: root/<name>/ and any legacy root/<name>.<ext>; SpeakerDBError when unknown."""
