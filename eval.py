@@ -23,13 +23,15 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from utils.config import HelpFormatter, check_output_dir, check_output_file, describe_model, fail, print_arguments
-from utils.errors import run_cli
+from utils.errors import UserError, run_cli
+from utils.metrics import cohort_stats
 
 AS_NORM_MAX_UTTERANCES = 5000  # all-pairs AS-norm keeps every score: 5000 utterances = 12.5 M pairs (100 MB)
 PLOT_MAX_PAIRS = 2_000_000
@@ -210,14 +212,6 @@ def speaker_means(emb: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return sums.astype(np.float32)
 
 
-def cohort_stats(cohort_scores: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row mean and std of the top_k highest cohort scores, exactly as utils.metrics.as_norm computes them."""
-    c = np.asarray(cohort_scores, dtype=np.float64)
-    k = min(top_k, c.shape[1])
-    top = np.partition(c, c.shape[1] - k, axis=1)[:, c.shape[1] - k :]
-    return top.mean(axis=1), np.maximum(top.std(axis=1), 1e-8)
-
-
 def as_norm_all_pairs(
     emb: np.ndarray, labels: np.ndarray, cohort: np.ndarray, top_k: int, block_rows: int = 256
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -243,16 +237,9 @@ def as_norm_all_pairs(
 def as_norm_trials(
     emb: np.ndarray, a: np.ndarray, b: np.ndarray, raw: np.ndarray, cohort: np.ndarray, top_k: int
 ) -> np.ndarray:
-    """utils.metrics.as_norm over explicit trials, in chunks so the per-trial cohort rows stay small."""
-    from utils.metrics import as_norm
-
-    file_cohort = emb @ cohort.T  # (files, C): each file's scores against the cohort, computed once
-    out = np.empty(len(raw), dtype=np.float64)
-    chunk = max(1, 50_000_000 // max(cohort.shape[0], 1) // 8)
-    for s in range(0, len(raw), chunk):
-        sl = slice(s, s + chunk)
-        out[sl] = as_norm(raw[sl], file_cohort[a[sl]], file_cohort[b[sl]], top_k=top_k)
-    return out
+    """utils.metrics.as_norm over explicit trials, with each file's cohort statistics computed once."""
+    mu, sd = cohort_stats(emb @ cohort.T, top_k)
+    return 0.5 * ((raw - mu[a]) / sd[a] + (raw - mu[b]) / sd[b])
 
 
 # report
@@ -379,18 +366,12 @@ def main(argv: list[str] | None = None) -> None:
     check_output_dir(args.plot_dir, "--plot_dir")
     try:
         run(args)
-    except ValueError as exc:
-        from utils.audio import AudioError
-        from utils.checkpoint import CheckpointError
-        from utils.data import ListError
-
-        if not isinstance(exc, AudioError | ListError | CheckpointError):
-            raise
+    except UserError as exc:  # bad audio, list or model: one line
         fail(str(exc))
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    # arguments and inputs, checked before the slow imports (torch) and the model load
+def check_inputs(args: argparse.Namespace) -> tuple[list | None, list | None, list | None]:
+    """(trials, list items, cohort items), read and checked before the slow imports (torch) and the model load."""
     for flag, path in (
         ("--trials_path" if args.trials_path else "--list_path", args.trials_path or args.list_path),
         ("--cohort_list_path", args.cohort_list_path),
@@ -405,6 +386,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         fail("--num_workers must be 0 or more")
     if args.cohort_size < 1 or args.top_k < 1:
         fail("--cohort_size and --top_k must be at least 1")
+    trials, items = None, None
     if args.trials_path:
         trials = read_trials(args.trials_path)
         repeated = len(trials) - len({(label, *sorted((a, b))) for label, a, b in trials})
@@ -420,6 +402,79 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f" ({len(items)} in {args.list_path}): use --trials_path with a trials file instead"
             )
     cohort_list = cohort_items(read_list(args.cohort_list_path), args.cohort_size) if args.cohort_list_path else None
+    return trials, items, cohort_list
+
+
+@dataclass
+class Scored:
+    """Embeddings and what is scored: explicit trials (a, b, y) or all pairs of a labelled list (labels)."""
+
+    emb: np.ndarray
+    ok: np.ndarray  # which files embedded
+    a: np.ndarray | None = None
+    b: np.ndarray | None = None
+    y: np.ndarray | None = None
+    labels: np.ndarray | None = None
+
+
+def embed_trials(embedder: Any, trials: list, num_workers: int) -> tuple[Scored, list[str]]:
+    files = sorted({p for _, a, b in trials for p in (a, b)})
+    emb, ok = _embed(embedder, files, num_workers, "trial")
+    index = {p: i for i, p in enumerate(files)}
+    a = np.array([index[t[1]] for t in trials])
+    b = np.array([index[t[2]] for t in trials])
+    y = np.array([t[0] for t in trials], dtype=bool)
+    usable = ok[a] & ok[b]
+    if not usable.all():
+        print(f"warning: {int((~usable).sum())} trial(s) left out because a file failed", file=sys.stderr)
+    if not usable.any():
+        fail("no usable trials left")
+    return Scored(emb, ok, a=a[usable], b=b[usable], y=y[usable]), files
+
+
+def embed_items(embedder: Any, items: list, list_path: str, num_workers: int) -> tuple[Scored, list[str]]:
+    files = [p for p, _ in items]
+    dupes = len(files) - len(set(files))
+    if dupes:
+        print(f"warning: {dupes} duplicate path(s) in {list_path}: they pair with themselves", file=sys.stderr)
+    emb, ok = _embed(embedder, files, num_workers, "list")
+    labels = np.array([label for _, label in items])[ok]
+    if len(np.unique(labels)) < 2:
+        fail("fewer than 2 speakers have a usable recording: no different-speaker trials")
+    return Scored(emb[ok], ok, labels=labels), files
+
+
+def as_norm_metrics(
+    args: argparse.Namespace, embedder: Any, scored: Scored, raw: np.ndarray | None, cohort_list: list
+) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
+    """AS-norm against the cohort's speaker means: (metrics, (normalised scores, target flags))."""
+    from utils.metrics import trial_metrics
+
+    cohort_emb, cohort_ok = _embed(embedder, [p for p, _ in cohort_list], args.num_workers, "cohort")
+    if not cohort_ok.any():
+        fail(f"no usable cohort file in {args.cohort_list_path}")
+    cohort = speaker_means(cohort_emb[cohort_ok], np.array([label for _, label in cohort_list])[cohort_ok])
+    top_k = min(args.top_k, len(cohort))
+    if top_k < 3:  # the std of 1-2 scores is ~0: AS-norm would scale scores by up to 1e8
+        fail(f"AS-norm needs at least 3 cohort speakers and --top_k 3, got {len(cohort)} and {args.top_k}")
+    if len(cohort) < 50:
+        print(
+            f"warning: AS-norm with {len(cohort)} cohort speakers is noisy: use hundreds (e.g. the training list)",
+            file=sys.stderr,
+        )
+    if raw is not None:
+        norm = as_norm_trials(scored.emb, scored.a, scored.b, raw, cohort, args.top_k)
+        norm_y = scored.y
+    else:
+        norm, norm_y = as_norm_all_pairs(scored.emb, scored.labels, cohort, args.top_k)
+    metrics = _metrics(trial_metrics, norm, norm_y)
+    metrics.update({"cohort_list_path": args.cohort_list_path, "cohort_files": int(cohort_ok.sum()),
+                    "cohort_speakers": int(len(cohort)), "top_k": top_k})  # fmt: skip
+    return metrics, (norm, norm_y)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    trials, items, cohort_list = check_inputs(args)
 
     # model
     from utils.embedder import Embedder
@@ -432,86 +487,39 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # embeddings
     start = time.time()
     result: dict[str, Any] = {"model_path": args.model_path}
-    if args.trials_path:
-        files = sorted({p for _, a, b in trials for p in (a, b)})
-        emb, ok = _embed(embedder, files, args.num_workers, "trial")
-        index = {p: i for i, p in enumerate(files)}
-        a = np.array([index[t[1]] for t in trials])
-        b = np.array([index[t[2]] for t in trials])
-        y = np.array([t[0] for t in trials], dtype=bool)
-        usable = ok[a] & ok[b]
-        if not usable.all():
-            print(f"warning: {int((~usable).sum())} trial(s) left out because a file failed", file=sys.stderr)
-        a, b, y = a[usable], b[usable], y[usable]
-        labels = None
+    if trials is not None:
+        scored, files = embed_trials(embedder, trials, args.num_workers)
         result.update({"list_path": None, "trials_path": args.trials_path})
     else:
-        files = [p for p, _ in items]
-        dupes = len(files) - len(set(files))
-        if dupes:
-            print(f"warning: {dupes} duplicate path(s) in {args.list_path}: they pair with themselves", file=sys.stderr)
-        emb, ok = _embed(embedder, files, args.num_workers, "list")
-        labels = np.array([label for _, label in items])[ok]
-        emb = emb[ok]
-        if len(np.unique(labels)) < 2:
-            fail("fewer than 2 speakers have a usable recording: no different-speaker trials")
-        result.update({"list_path": args.list_path, "trials_path": None, "num_speakers": int(len(np.unique(labels)))})
+        scored, files = embed_items(embedder, items, args.list_path, args.num_workers)
+        num_speakers = int(len(np.unique(scored.labels)))
+        result.update({"list_path": args.list_path, "trials_path": None, "num_speakers": num_speakers})
     seconds = time.time() - start
-    skipped = int((~ok).sum())
+    skipped = int((~scored.ok).sum())
     skipped_note = f", skipped {skipped} unusable (reasons in the warnings above)" if skipped else ""
-    print(f"embedded {int(ok.sum())} files in {seconds:.1f} s{skipped_note}")
+    print(f"embedded {int(scored.ok.sum())} files in {seconds:.1f} s{skipped_note}")
     result.update({"num_files": len(files), "num_skipped_files": skipped, "embedding_seconds": round(seconds, 2)})
 
     # raw scores
     from utils.metrics import all_pairs_metrics, trial_metrics
 
-    if args.trials_path:
-        if not len(y):
-            fail("no usable trials left")
-        raw = pair_scores(emb, a, b)
-        metrics = _metrics(trial_metrics, raw, y)
-        plot_raw = _thin(raw, y)
+    raw, plot_raw = None, None
+    if trials is not None:
+        raw = pair_scores(scored.emb, scored.a, scored.b)
+        metrics = _metrics(trial_metrics, raw, scored.y)
+        plot_raw = _thin(raw, scored.y)
     else:
-        metrics = _metrics(all_pairs_metrics, emb, labels)
-        plot_raw = None
+        metrics = _metrics(all_pairs_metrics, scored.emb, scored.labels)
     result.update(metrics)
     print(format_report(metrics, "cosine scores:"))
 
     # AS-norm
     plot_norm = None
     if cohort_list is not None:
-        cohort_emb, cohort_ok = _embed(embedder, [p for p, _ in cohort_list], args.num_workers, "cohort")
-        if not cohort_ok.any():
-            fail(f"no usable cohort file in {args.cohort_list_path}")
-        cohort = speaker_means(cohort_emb[cohort_ok], np.array([label for _, label in cohort_list])[cohort_ok])
-        top_k = min(args.top_k, len(cohort))
-        if top_k < 3:  # the std of 1-2 scores is ~0: AS-norm would scale scores by up to 1e8
-            fail(f"AS-norm needs at least 3 cohort speakers and --top_k 3, got {len(cohort)} and {args.top_k}")
-        if len(cohort) < 50:
-            print(
-                f"warning: AS-norm with {len(cohort)} cohort speakers is noisy: use hundreds (e.g. the training list)",
-                file=sys.stderr,
-            )
-        if args.trials_path:
-            norm = as_norm_trials(emb, a, b, raw, cohort, args.top_k)
-            norm_y = y
-        else:
-            norm, norm_y = as_norm_all_pairs(emb, labels, cohort, args.top_k)
-        norm_metrics = _metrics(trial_metrics, norm, norm_y)
-        norm_metrics.update(
-            {
-                "cohort_list_path": args.cohort_list_path,
-                "cohort_files": int(cohort_ok.sum()),
-                "cohort_speakers": int(len(cohort)),
-                "top_k": min(args.top_k, len(cohort)),
-            }
-        )
-        result["as_norm"] = norm_metrics
-        print(
-            format_report(norm_metrics, f"AS-norm scores ({len(cohort)} cohort speakers, top {norm_metrics['top_k']}):")
-        )
+        result["as_norm"], plot_norm = as_norm_metrics(args, embedder, scored, raw, cohort_list)
+        title = f"AS-norm scores ({result['as_norm']['cohort_speakers']} cohort speakers, top {result['as_norm']['top_k']}):"
+        print(format_report(result["as_norm"], title))
         print("  (AS-norm scores are not cosines: the cosine accuracy sweep does not suit them)")
-        plot_norm = (norm, norm_y)
 
     # outputs
     if args.json_path:
@@ -521,7 +529,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"metrics written to {args.json_path}")
     if args.plot_dir:
         if plot_raw is None:  # all pairs: every score up to PLOT_MAX_PAIRS, else a per-class sample
-            plot_raw = sample_pair_scores(emb, labels)
+            plot_raw = sample_pair_scores(scored.emb, scored.labels)
         curves = [("cosine", *plot_raw, metrics)]
         if plot_norm is not None:
             curves.append(("AS-norm", *_thin(*plot_norm), result["as_norm"]))

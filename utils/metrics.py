@@ -501,6 +501,14 @@ def all_pairs_metrics(
 # score normalisation
 
 
+def cohort_stats(cohort_scores: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row mean and standard deviation of the `top_k` highest cohort scores (AS-norm's statistics)."""
+    c = np.asarray(cohort_scores, dtype=np.float64)
+    k = min(top_k, c.shape[1])
+    top = np.partition(c, c.shape[1] - k, axis=1)[:, c.shape[1] - k :]
+    return top.mean(axis=1), np.maximum(top.std(axis=1), 1e-8)  # guard against a constant cohort row (std 0)
+
+
 def as_norm(scores, enroll_cohort_scores, test_cohort_scores, top_k: int = 300) -> np.ndarray:
     """Adaptive symmetric score normalisation (AS-norm).
 
@@ -518,16 +526,11 @@ def as_norm(scores, enroll_cohort_scores, test_cohort_scores, top_k: int = 300) 
         raise ValueError(f"scores must be 1-D, got shape {s.shape}")
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
-
-    def stats(cohort, name: str) -> tuple[np.ndarray, np.ndarray]:
+    sides = []
+    for cohort, name in ((enroll_cohort_scores, "enroll_cohort_scores"), (test_cohort_scores, "test_cohort_scores")):
         c = np.asarray(cohort, dtype=np.float64)
         if c.ndim != 2 or c.shape[0] != s.shape[0] or c.shape[1] == 0:
             raise ValueError(f"{name} must have shape ({s.shape[0]}, C) with C >= 1, got {c.shape}")
-        k = min(top_k, c.shape[1])
-        top = np.partition(c, c.shape[1] - k, axis=1)[:, c.shape[1] - k :]
-        # guard against a constant cohort row (std 0)
-        return top.mean(axis=1), np.maximum(top.std(axis=1), 1e-8)
-
-    mu_e, std_e = stats(enroll_cohort_scores, "enroll_cohort_scores")
-    mu_t, std_t = stats(test_cohort_scores, "test_cohort_scores")
+        sides.append(cohort_stats(c, top_k))
+    (mu_e, std_e), (mu_t, std_t) = sides
     return 0.5 * ((s - mu_e) / std_e + (s - mu_t) / std_t)
