@@ -536,14 +536,15 @@ def validate(args: argparse.Namespace) -> tuple[list[str], re.Pattern[str] | Non
     return formats, regex
 
 
-def create_lists(args: argparse.Namespace) -> None:
-    formats, regex = validate(args)
+def find_items(
+    args: argparse.Namespace, formats: list[str], regex: re.Pattern | None
+) -> tuple[list, list, int, int, set[str]]:
+    """Every audio file with a speaker id: (items, skips, WAV copies ignored, files left out by --speakers,
+    the speakers named by --test_speaker_ids)."""
     dirs = list(args.dataset_dir)
     multi = len(dirs) > 1
     tags = dir_tags(dirs)
     prune = {os.path.realpath(args.wav_dir)} if args.wav_dir else set()
-
-    # discovery
     items: list[Item] = []
     skips: list[Skip] = []
     ignored = 0
@@ -569,8 +570,15 @@ def create_lists(args: argparse.Namespace) -> None:
         requested_test, _ = resolve_ids(
             args.test_speaker_ids, {s: known[s] for s in {i.speaker for i in items}}, "--test_speaker_ids"
         )
+    return items, skips, ignored, excluded, requested_test
 
-    # checks
+
+def check_items(args: argparse.Namespace, formats: list[str], items: list, skips: list) -> tuple[list, Counter, list]:
+    """Decode-check (and convert) every file in parallel: ((list path, speaker, seconds) rows, conversion counts,
+    conversion problems); skipped files are appended to `skips`."""
+    dirs = list(args.dataset_dir)
+    multi = len(dirs) > 1
+    tags = dir_tags(dirs)
     tasks: list[Task] = []
     for index, item in enumerate(items):
         fmt = formats[tags.index(item.tag)]
@@ -601,6 +609,11 @@ def create_lists(args: argparse.Namespace) -> None:
             conversions[result.conversion] += 1
         if result.conversion_detail:
             problems.append(result.conversion_detail)
+    return rows, conversions, problems
+
+
+def print_check_summary(args: argparse.Namespace, rows: list, skips: list, conversions: Counter, problems: list,
+                        excluded: int, ignored: int) -> None:  # fmt: skip
     reasons = Counter(skip.category for skip in skips)
     reason_text = ", ".join(f"{name}: {count}" for name, count in sorted(reasons.items()))
     print(f"kept {len(rows)} files, skipped {len(skips)}" + (f" ({reason_text})" if skips else ""))
@@ -617,7 +630,9 @@ def create_lists(args: argparse.Namespace) -> None:
                 file=sys.stderr,
             )
 
-    # split
+
+def split_rows(args: argparse.Namespace, rows: list, requested_test: set[str]) -> tuple[list, list, dict, dict]:
+    """(train rows, test rows, train label map, test label map) by --test_mode."""
     if not rows:
         raise DataError("no usable audio left after the checks (see the reasons above)")
     rows.sort()
@@ -672,7 +687,15 @@ def create_lists(args: argparse.Namespace) -> None:
             f"trials: {shown}",
             file=sys.stderr,
         )
+    return train_rows, test_rows, train_labels, test_labels
 
+
+def create_lists(args: argparse.Namespace) -> None:
+    formats, regex = validate(args)
+    items, skips, ignored, excluded, requested_test = find_items(args, formats, regex)
+    rows, conversions, problems = check_items(args, formats, items, skips)
+    print_check_summary(args, rows, skips, conversions, problems, excluded, ignored)
+    train_rows, test_rows, train_labels, test_labels = split_rows(args, rows, requested_test)
     # write
     write_outputs(args, train_rows, test_rows, train_labels, test_labels, skips)
     print(summarize("train", train_rows) + f" -> {os.path.join(args.list_dir, 'train_list.txt')}")
