@@ -52,10 +52,74 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def compute_figures(threshold: float, enrolled_results: list, stranger_results: list, seconds: float) -> dict:
+    """Identification accuracy, stranger false accepts and a threshold sweep from the recognition results."""
+    import numpy as np
+
+    n = len(enrolled_results)
+    top1 = sum(r.best == spk for r, spk in enrolled_results)
+    correct = sum(r.name == spk for r, spk in enrolled_results)
+    rejected = sum(r.name is None for r, _ in enrolled_results)
+    wrong = n - correct - rejected
+    accepted = [r for r, _ in stranger_results if r.name is not None]
+    by_source = {
+        source: (
+            sum(r.name is not None for r, s in stranger_results if s == source),
+            sum(s == source for _, s in stranger_results),
+        )
+        for source in ("fsdd", "train-clean-100")
+    }
+    own = np.array([r.score for r, spk in enrolled_results if r.best == spk])
+    other = np.array([r.score for r, _ in stranger_results])
+    figures = {
+        "threshold": threshold,
+        "enrolled_utterances": n,
+        "identification_accuracy": correct / n,
+        "closed_set_top1": top1 / n,
+        "false_reject_rate": rejected / n,
+        "misidentified_rate": wrong / n,
+        "strangers": len(stranger_results),
+        "stranger_false_accept_rate": len(accepted) / max(len(stranger_results), 1),
+        "stranger_false_accept_by_source": {k: {"accepted": a, "of": t} for k, (a, t) in by_source.items()},
+        "stranger_score_p50_p95_max": [float(np.percentile(other, q)) for q in (50, 95, 100)],
+        "enrolled_best_score_p5_p50": [float(np.percentile(own, q)) for q in (5, 50)],
+        "seconds_per_clip": seconds / (n + len(stranger_results)),
+    }
+    # the trade-off around the operating point: the same scores at other thresholds
+    sweep = {}
+    for t in sorted({round(threshold, 2), 0.3, 0.35, 0.4, 0.45, 0.5}):
+        acc = sum(r.best == spk and r.score >= t for r, spk in enrolled_results) / n
+        far = sum(r.score >= t for r, _ in stranger_results) / max(len(stranger_results), 1)
+        sweep[f"{t:.2f}"] = {"identification_accuracy": acc, "stranger_false_accept_rate": far}
+    figures["threshold_sweep"] = sweep
+
+    return figures
+
+
+def print_figures(figures: dict, args: argparse.Namespace, num_speakers: int) -> None:
+    n, sweep = figures["enrolled_utterances"], figures["threshold_sweep"]
+    correct = round(figures["identification_accuracy"] * n)
+    top1 = round(figures["closed_set_top1"] * n)
+    accepted = round(figures["stranger_false_accept_rate"] * figures["strangers"])
+    rejected, wrong = figures["false_reject_rate"], figures["misidentified_rate"]
+    by_source = {k: (v["accepted"], v["of"]) for k, v in figures["stranger_false_accept_by_source"].items()}
+    print(f"\nthreshold {figures['threshold']:.4f} (model's EER threshold unless --threshold)")
+    print(f"enrolled speakers: {num_speakers} x {args.enrol} utterances; test utterances of theirs: {n}")
+    print(f"  identification accuracy (right name, accepted): {correct}/{n} = {correct / n:.1%}")
+    print(f"  closed-set top-1 (best match, any score):       {top1}/{n} = {top1 / n:.1%}")
+    print(f"  rejected as unknown: {rejected:.1%}   accepted as the wrong person: {wrong:.1%}")
+    print(f"strangers: {figures['strangers']}; false accepts: {accepted} = {figures['stranger_false_accept_rate']:.1%}")
+    for source, (a, t) in by_source.items():
+        print(f"  {source}: {a}/{t} accepted")
+    print("threshold sweep (accuracy / stranger FAR):")
+    for t, row in sweep.items():
+        print(f"  {t}: {row['identification_accuracy']:.1%} / {row['stranger_false_accept_rate']:.1%}")
+    print(f"{figures['seconds_per_clip'] * 1000:.0f} ms per clip on {args.device}, {args.threads} thread(s)")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     print_arguments(args)
-    import numpy as np
     import torch
 
     from utils.audio import SAMPLE_RATE, AudioError, audio_info, load_audio
@@ -113,57 +177,8 @@ def main(argv: list[str] | None = None) -> None:
         seconds = time.perf_counter() - start
 
     # figures
-    n = len(enrolled_results)
-    top1 = sum(r.best == spk for r, spk in enrolled_results)
-    correct = sum(r.name == spk for r, spk in enrolled_results)
-    rejected = sum(r.name is None for r, _ in enrolled_results)
-    wrong = n - correct - rejected
-    accepted = [r for r, _ in stranger_results if r.name is not None]
-    by_source = {
-        source: (
-            sum(r.name is not None for r, s in stranger_results if s == source),
-            sum(s == source for _, s in stranger_results),
-        )
-        for source in ("fsdd", "train-clean-100")
-    }
-    own = np.array([r.score for r, spk in enrolled_results if r.best == spk])
-    other = np.array([r.score for r, _ in stranger_results])
-    figures = {
-        "threshold": db.threshold,
-        "enrolled_utterances": n,
-        "identification_accuracy": correct / n,
-        "closed_set_top1": top1 / n,
-        "false_reject_rate": rejected / n,
-        "misidentified_rate": wrong / n,
-        "strangers": len(stranger_results),
-        "stranger_false_accept_rate": len(accepted) / max(len(stranger_results), 1),
-        "stranger_false_accept_by_source": {k: {"accepted": a, "of": t} for k, (a, t) in by_source.items()},
-        "stranger_score_p50_p95_max": [float(np.percentile(other, q)) for q in (50, 95, 100)],
-        "enrolled_best_score_p5_p50": [float(np.percentile(own, q)) for q in (5, 50)],
-        "seconds_per_clip": seconds / (n + len(stranger_results)),
-    }
-    # the trade-off around the operating point: the same scores at other thresholds
-    sweep = {}
-    for t in sorted({round(db.threshold, 2), 0.3, 0.35, 0.4, 0.45, 0.5}):
-        acc = sum(r.best == spk and r.score >= t for r, spk in enrolled_results) / n
-        far = sum(r.score >= t for r, _ in stranger_results) / max(len(stranger_results), 1)
-        sweep[f"{t:.2f}"] = {"identification_accuracy": acc, "stranger_false_accept_rate": far}
-    figures["threshold_sweep"] = sweep
-
-    print(f"\nthreshold {db.threshold:.4f} (model's EER threshold unless --threshold)")
-    print(f"enrolled speakers: {len(SPEAKERS)} x {args.enrol} utterances; test utterances of theirs: {n}")
-    print(f"  identification accuracy (right name, accepted): {correct}/{n} = {correct / n:.1%}")
-    print(f"  closed-set top-1 (best match, any score):       {top1}/{n} = {top1 / n:.1%}")
-    print(f"  rejected as unknown: {rejected / n:.1%}   accepted as the wrong person: {wrong / n:.1%}")
-    print(
-        f"strangers: {len(stranger_results)}; false accepts: {len(accepted)} = {figures['stranger_false_accept_rate']:.1%}"
-    )
-    for source, (a, t) in by_source.items():
-        print(f"  {source}: {a}/{t} accepted")
-    print("threshold sweep (accuracy / stranger FAR):")
-    for t, row in sweep.items():
-        print(f"  {t}: {row['identification_accuracy']:.1%} / {row['stranger_false_accept_rate']:.1%}")
-    print(f"{figures['seconds_per_clip'] * 1000:.0f} ms per clip on {args.device}, {args.threads} thread(s)")
+    figures = compute_figures(db.threshold, enrolled_results, stranger_results, seconds)
+    print_figures(figures, args, len(SPEAKERS))
     if args.json_path:
         from utils.fileio import atomic_write_json
 
