@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import re
 import sys
+import threading
+import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from math import gcd
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -24,6 +29,7 @@ from utils.errors import UserError
 SAMPLE_RATE = 16000
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus")
 MIN_SPEECH_SECONDS = 0.3  # the shortest recording that still carries a voiceprint
+MIN_NET_SPEECH_SECONDS = 0.2  # and the least speech in it (silero-vad), so noise and tones never get a verdict
 MIN_RATE, MAX_RATE = 1000, 768000  # sample rates load_audio accepts (real audio is 8 kHz .. 384 kHz)
 
 
@@ -207,14 +213,22 @@ def _too_long(name: str, seconds: float | None, max_seconds: float) -> str:
     return f"audio file {name} is {length}; the server accepts at most {max_seconds:g} s per recording (--max_seconds)"
 
 
-def prepare_audio(
+@dataclass(frozen=True)
+class Recording:
+    wav: np.ndarray  # 16 kHz mono float32
+    report: SpeechReport  # net speech seconds, level, clipping, SNR
+
+
+def prepare_recording(
     source: np.ndarray | bytes | str | os.PathLike,
     sample_rate: int = SAMPLE_RATE,
     name: str | None = None,
     min_seconds: float = MIN_SPEECH_SECONDS,
     max_seconds: float | None = None,
-) -> np.ndarray:
-    """Any recording -> mono float32 at 16 kHz, finite, checked to carry speech.
+    min_speech_seconds: float | None = None,
+) -> Recording:
+    """Any recording -> mono float32 at 16 kHz, finite, checked to carry speech (silero-vad), with its
+    SpeechReport.
 
     `source` is a file path, the bytes of an audio file (an upload), or an array of any channel layout
     and integer or float type at `sample_rate`. `name` labels error messages (default: the path, or
@@ -233,8 +247,19 @@ def prepare_audio(
         if not np.isfinite(wav).all():
             raise AudioError(f"{name} contains NaN or infinite samples")
         wav = resample(wav, int(sample_rate), SAMPLE_RATE)
-    check_speech(wav, SAMPLE_RATE, min_seconds, name)
-    return np.ascontiguousarray(wav, dtype=np.float32)
+    report = check_speech(wav, SAMPLE_RATE, min_seconds, name, min_speech_seconds)
+    return Recording(np.ascontiguousarray(wav, dtype=np.float32), report)
+
+
+def prepare_audio(
+    source: np.ndarray | bytes | str | os.PathLike,
+    sample_rate: int = SAMPLE_RATE,
+    name: str | None = None,
+    min_seconds: float = MIN_SPEECH_SECONDS,
+    max_seconds: float | None = None,
+) -> np.ndarray:
+    """prepare_recording without the report: the checked 16 kHz waveform."""
+    return prepare_recording(source, sample_rate, name, min_seconds, max_seconds).wav
 
 
 # checks
@@ -245,15 +270,155 @@ def format_short_seconds(seconds: float) -> str:
     return f"{int(seconds * 1000) / 1000:.3f}"
 
 
+# speech detection (silero-vad) and recording quality
+
+
+VAD_WINDOW = 512  # samples per silero-vad step at 16 kHz (32 ms)
+VAD_THRESHOLD = 0.5  # speech probability above which a window is speech (silero-vad's default)
+_vad_model: Any = None
+_vad_lock = threading.Lock()  # the model keeps its recurrent state inside: one caller at a time
+
+
+def _load_vad() -> Any:
+    global _vad_model
+    if _vad_model is None:
+        try:
+            from silero_vad import load_silero_vad
+        except ImportError:
+            raise AudioError("speech detection needs the silero-vad package: pip install silero-vad") from None
+        with warnings.catch_warnings():  # the package's own deprecation notices (importlib, torch.jit)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            _vad_model = load_silero_vad(onnx=False)  # the TorchScript model shipped inside the package
+    return _vad_model
+
+
+def speech_probabilities(wav: np.ndarray, stream_seconds: float = 0.5, warmup_seconds: float = 0.3) -> np.ndarray:
+    """silero-vad's speech probability of every 32 ms window of 16 kHz audio.
+
+    The recording is cut into streams of `stream_seconds`, each started `warmup_seconds` early so the
+    recurrent state has settled, and the streams run as one batch: a long recording costs as many model
+    calls as one stream instead of one call per window.
+    """
+    import torch
+
+    n_windows = -(-len(wav) // VAD_WINDOW)
+    if n_windows == 0:
+        return np.zeros(0, dtype=np.float32)
+    per_stream = max(1, int(stream_seconds * SAMPLE_RATE) // VAD_WINDOW)
+    warm = int(warmup_seconds * SAMPLE_RATE) // VAD_WINDOW
+    n_streams = -(-n_windows // per_stream)
+    padded = np.zeros((warm + n_windows + per_stream) * VAD_WINDOW, dtype=np.float32)
+    padded[warm * VAD_WINDOW : warm * VAD_WINDOW + len(wav)] = wav
+    steps = warm + per_stream
+    # stream k covers windows [k * per_stream - warm, (k + 1) * per_stream) of the recording
+    streams = np.stack(
+        [padded[k * per_stream * VAD_WINDOW : (k * per_stream + steps) * VAD_WINDOW] for k in range(n_streams)]
+    )
+    batch = torch.from_numpy(streams)
+    probs = np.empty((n_streams, steps), dtype=np.float32)
+    with _vad_lock, torch.inference_mode():
+        model = _load_vad()
+        model.reset_states()  # the next call sets the batch size
+        for step in range(steps):
+            chunk = batch[:, step * VAD_WINDOW : (step + 1) * VAD_WINDOW]
+            probs[:, step] = model(chunk, SAMPLE_RATE).reshape(-1).numpy()
+        model.reset_states()
+    return probs[:, warm:].reshape(-1)[:n_windows]
+
+
+@dataclass(frozen=True)
+class SpeechReport:
+    """What a recording holds: its length, net speech (silero-vad), level, clipping and an SNR estimate."""
+
+    seconds: float
+    speech_seconds: float
+    peak: float
+    speech_level_dbfs: float  # RMS level of the speech windows
+    clipped_fraction: float  # share of samples at full scale
+    snr_db: float | None  # speech windows' power over the other windows' power (None: no pause to measure)
+
+    def problems(self) -> list[str]:
+        """Short warnings a user can act on (empty when the recording is fine)."""
+        found = []
+        if self.clipped_fraction > 0.001:
+            found.append(f"clipped ({self.clipped_fraction:.1%} of samples at full scale): record further away")
+        if self.speech_level_dbfs < -45:
+            found.append(f"very quiet (speech at {self.speech_level_dbfs:.0f} dBFS): speak closer or raise the gain")
+        if self.snr_db is not None and self.snr_db < 10:
+            found.append(f"noisy (about {self.snr_db:.0f} dB SNR): record somewhere quieter")
+        return found
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {k: (None if v is None else round(float(v), 3)) for k, v in self.__dict__.items()}
+
+    @staticmethod
+    def combine(reports: Sequence[SpeechReport]) -> SpeechReport:
+        """One report for consecutive pieces of a recording (a long file embedded segment by segment)."""
+        seconds = sum(r.seconds for r in reports)
+        speech = sum(r.speech_seconds for r in reports)
+        power = sum(10 ** (r.speech_level_dbfs / 10) * r.speech_seconds for r in reports) / max(speech, 1e-9)
+        with_snr = [r for r in reports if r.snr_db is not None]
+        snr = sum(r.snr_db * r.seconds for r in with_snr) / sum(r.seconds for r in with_snr) if with_snr else None
+        return SpeechReport(
+            seconds=seconds,
+            speech_seconds=speech,
+            peak=max(r.peak for r in reports),
+            speech_level_dbfs=10 * math.log10(max(power, 1e-12)),
+            clipped_fraction=sum(r.clipped_fraction * r.seconds for r in reports) / max(seconds, 1e-9),
+            snr_db=snr,
+        )
+
+
+def analyse_speech(wav: np.ndarray) -> SpeechReport:
+    """Speech and quality measures of 16 kHz mono audio."""
+    probs = speech_probabilities(wav)
+    is_speech = probs >= VAD_THRESHOLD
+    usable = len(wav) // VAD_WINDOW * VAD_WINDOW
+    power = np.square(wav[:usable].astype(np.float64)).reshape(-1, VAD_WINDOW).mean(axis=1) if usable else np.zeros(0)
+    speech_mask = is_speech[: len(power)]
+    speech_power = float(power[speech_mask].mean()) if speech_mask.any() else 0.0
+    other_power = float(power[~speech_mask].mean()) if (~speech_mask).any() else None
+    snr = None
+    if speech_mask.any() and other_power is not None:
+        snr = 10 * math.log10(max(speech_power, 1e-12) / max(other_power, 1e-12))
+    peak = float(np.max(np.abs(wav))) if len(wav) else 0.0
+    return SpeechReport(
+        seconds=len(wav) / SAMPLE_RATE,
+        speech_seconds=float(is_speech.sum()) * VAD_WINDOW / SAMPLE_RATE,
+        peak=peak,
+        speech_level_dbfs=10 * math.log10(max(speech_power, 1e-12)),
+        clipped_fraction=float(np.mean(np.abs(wav) >= 0.999)) if len(wav) else 0.0,
+        snr_db=snr,
+    )
+
+
 def check_speech(
-    wav: np.ndarray, sample_rate: int = SAMPLE_RATE, min_seconds: float = MIN_SPEECH_SECONDS, name: str = "audio"
-) -> None:
-    """Raise AudioError when a recording is too short or silent to carry a voiceprint."""
+    wav: np.ndarray,
+    sample_rate: int = SAMPLE_RATE,
+    min_seconds: float = MIN_SPEECH_SECONDS,
+    name: str = "audio",
+    min_speech_seconds: float | None = None,
+) -> SpeechReport | None:
+    """Raise AudioError when a recording cannot carry a voiceprint: too short, silent, or (16 kHz audio)
+    without enough speech by silero-vad; noise, tones, hum and DC offsets hold none. Returns the
+    recording's SpeechReport (None for other rates, which get only the length and silence checks)."""
     seconds = len(wav) / sample_rate
     if seconds < min_seconds:
         raise AudioError(f"{name} is too short: {format_short_seconds(seconds)} s (need at least {min_seconds:g} s)")
     if float(np.max(np.abs(wav))) < 1e-4:
         raise AudioError(f"{name} is silent (all samples are near zero)")
+    if sample_rate != SAMPLE_RATE:
+        return None
+    report = analyse_speech(wav)
+    need = min(min_seconds, MIN_NET_SPEECH_SECONDS) if min_speech_seconds is None else min_speech_seconds
+    if report.speech_seconds == 0:
+        raise AudioError(f"no speech detected in {name} ({format_short_seconds(seconds)} s of audio)")
+    if report.speech_seconds < need:
+        raise AudioError(
+            f"too little speech in {name}: {format_short_seconds(report.speech_seconds)} s of "
+            f"{format_short_seconds(seconds)} s (need at least {need:g} s)"
+        )
+    return report
 
 
 # cropping and silence

@@ -25,7 +25,16 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from utils.audio import MIN_SPEECH_SECONDS, SAMPLE_RATE, AudioError, audio_info, check_speech, load_audio, prepare_audio
+from utils.audio import (
+    MIN_SPEECH_SECONDS,
+    SAMPLE_RATE,
+    AudioError,
+    SpeechReport,
+    audio_info,
+    check_speech,
+    load_audio,
+    prepare_recording,
+)
 from utils.checkpoint import load_inference_model, resolve_model_path
 from utils.features import FeatureConfig, FeatureExtractor
 from utils.onnx_model import is_onnx_path, load_onnx_model
@@ -45,13 +54,12 @@ def segment_bounds(total: float, segment: float) -> list[tuple[float, float]]:
     return bounds
 
 
-def _usable(wav: np.ndarray) -> bool:
-    """A segment worth a vote: one check_speech accepts (long enough, not digital silence)."""
+def _speech(wav: np.ndarray) -> SpeechReport | None:
+    """The report of a segment worth a vote (long enough, with speech), else None."""
     try:
-        check_speech(wav, SAMPLE_RATE, MIN_SECONDS)
+        return check_speech(wav, SAMPLE_RATE, MIN_SECONDS)
     except AudioError:
-        return False
-    return True
+        return None
 
 
 class Embedder:
@@ -113,21 +121,33 @@ class Embedder:
 
     def embed_array(self, wav: np.ndarray, sample_rate: int = SAMPLE_RATE, name: str = "audio") -> np.ndarray:
         """Embed an in-memory recording of any rate and channel layout."""
-        return self._embed_long(prepare_audio(wav, sample_rate, name), name)
+        return self.embed_array_report(wav, sample_rate, name)[0]
 
-    def _embed_long(self, wav: np.ndarray, name: str = "audio") -> np.ndarray:
-        """Whole, or as the same segments embed_file streams; silent segments get no vote."""
+    def embed_array_report(
+        self, wav: np.ndarray, sample_rate: int = SAMPLE_RATE, name: str = "audio"
+    ) -> tuple[np.ndarray, SpeechReport]:
+        """(embedding, what the recording held: net speech seconds, level, clipping, SNR)."""
+        recording = prepare_recording(wav, sample_rate, name)
+        return self._embed_long(recording.wav, name, recording.report)
+
+    def _embed_long(
+        self, wav: np.ndarray, name: str = "audio", report: SpeechReport | None = None
+    ) -> tuple[np.ndarray, SpeechReport | None]:
+        """Whole (already checked: its `report` is passed through), or as the same segments embed_file
+        streams, each checked; segments without speech get no vote."""
         bounds = segment_bounds(len(wav), int(self.segment_seconds * SAMPLE_RATE))
         if len(bounds) == 1:
-            return self.embed_waveforms([wav])[0]
-        embeddings, weights = [], []
+            return self.embed_waveforms([wav])[0], report
+        embeddings, weights, reports = [], [], []
         for start, end in bounds:
-            if _usable(wav[start:end]):
+            piece = _speech(wav[start:end])
+            if piece is not None:
                 embeddings.append(self.embed_waveforms([wav[start:end]])[0])
                 weights.append(end - start)
+                reports.append(piece)
         if not embeddings:
-            raise AudioError(f"{name} is silent (all samples are near zero)")
-        return self._average(embeddings, weights)
+            raise AudioError(f"no speech detected in {name}")
+        return self._average(embeddings, weights), SpeechReport.combine(reports)
 
     @staticmethod
     def _average(embeddings: list[np.ndarray], weights: list[int]) -> np.ndarray:
@@ -136,22 +156,27 @@ class Embedder:
 
     def embed_file(self, path: str | os.PathLike) -> np.ndarray:
         """Embed a WAV/FLAC/OGG/MP3 file; long files are streamed in segments."""
+        return self.embed_file_report(path)[0]
+
+    def embed_file_report(self, path: str | os.PathLike) -> tuple[np.ndarray, SpeechReport]:
+        """(embedding, SpeechReport) of a file; long files are streamed in segments."""
         frames, rate = audio_info(path)
         seconds = frames / rate if rate else 0.0
         if self.vad or seconds <= self.segment_seconds * 1.5:
             wav = load_audio(path, vad=self.vad)
-            check_speech(wav, SAMPLE_RATE, MIN_SECONDS, str(path))
-            return self._embed_long(wav, str(path))
+            return self._embed_long(wav, str(path), check_speech(wav, SAMPLE_RATE, MIN_SECONDS, str(path)))
         # stream the same segments _embed_long cuts, so file and array give the same embedding
-        embeddings, weights = [], []
+        embeddings, weights, reports = [], [], []
         for start, end in segment_bounds(seconds, self.segment_seconds):
             wav = load_audio(path, start_seconds=start, max_seconds=end - start)
-            if _usable(wav):
+            piece = _speech(wav)
+            if piece is not None:
                 embeddings.append(self.embed_waveforms([wav])[0])
                 weights.append(len(wav))
+                reports.append(piece)
         if not embeddings:
-            raise AudioError(f"{path} is silent (all samples are near zero)")
-        return self._average(embeddings, weights)
+            raise AudioError(f"no speech detected in {path}")
+        return self._average(embeddings, weights), SpeechReport.combine(reports)
 
     def embed_files(
         self,
@@ -178,7 +203,7 @@ class Embedder:
         for i, (wav, error) in enumerate(tqdm(loader, total=len(paths), disable=not progress, desc="embedding")):
             if error is None:
                 try:
-                    out[i] = self._embed_long(wav.numpy())
+                    out[i] = self._embed_long(wav.numpy(), str(paths[i]))[0]  # checked in the worker
                 except AudioError as exc:
                     error = str(exc)
             if error is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import sys
+import threading
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -40,6 +41,9 @@ def run_cli(main: Callable[[], int | None]) -> NoReturn:
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
+        # helper threads (e.g. the data loader's file-descriptor sharer) may fail while the process winds down:
+        # after Ctrl-C their tracebacks are noise, the one line above is the message
+        threading.excepthook = lambda args: None
         raise SystemExit(130) from None
     except OSError as exc:
         print(f"error: {describe_os_error(exc)}", file=sys.stderr)
