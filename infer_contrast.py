@@ -66,14 +66,18 @@ def main(argv: list[str] | None = None) -> None:
         embedder = Embedder(args.model_path, device=args.device)
         threshold = embedder.operating_points.resolve("verification", args.threshold)
         # compare
-        emb1 = embedder.embed_file(args.audio_path1)
-        emb2 = embedder.embed_file(args.audio_path2)
+        emb1, speech1 = embedder.embed_file_report(args.audio_path1)
+        emb2, speech2 = embedder.embed_file_report(args.audio_path2)
     except (AudioError, CheckpointError) as exc:
         fail(str(exc))
     score = float(emb1 @ emb2)  # both are unit length
     same = score >= threshold
     verdict = "are the same person" if same else "are not the same person"
     print(f"{args.audio_path1} and {args.audio_path2} {verdict}, similarity: {score:.4f} (threshold {threshold:.3f})")
+    print(f"speech used: {speech1.speech_seconds:.1f} s and {speech2.speech_seconds:.1f} s")
+    for path, speech in ((args.audio_path1, speech1), (args.audio_path2, speech2)):
+        for problem in speech.problems():
+            print(f"warning: {path}: {problem}")
     print(describe_model(embedder.model_path, embedder.info))
 
     if args.json_path:
@@ -85,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
             "same_speaker": bool(same),
             "audio_path1": args.audio_path1,
             "audio_path2": args.audio_path2,
+            "speech1": speech1.to_dict(),
+            "speech2": speech2.to_dict(),
         }
         atomic_write_json(args.json_path, result)
 

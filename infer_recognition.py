@@ -188,10 +188,22 @@ def _recordings(count: int) -> str:
 
 
 def _register(db: Any, args: argparse.Namespace) -> int:
-    count = db.register(args.register, args.audio_path)
-    print(f"Registered {args.register.strip()}: {_recordings(count)} ({len(args.audio_path)} new).")
-    _write_json(args.json_path, {"name": args.register.strip(), "recordings": count})
+    enrolment = db.enrol(args.register, args.audio_path)
+    print(f"Registered {enrolment.name}: {_recordings(enrolment.count)} ({len(args.audio_path)} new).")
+    _print_enrolment(enrolment, args.audio_path)
+    _write_json(args.json_path, enrolment.to_dict())
     return 0
+
+
+def _print_enrolment(enrolment: Any, labels: list[str]) -> None:
+    """One line per new recording (speech, level, SNR, match with the others), then the warnings."""
+    for label, report, match in zip(labels, enrolment.reports, enrolment.consistency):
+        snr = f", SNR {report.snr_db:.0f} dB" if report.snr_db is not None else ""
+        matches = f", matches the others {match:.2f}" if match is not None else ""
+        print(f"  {label}: {report.speech_seconds:.1f} s of speech, level {report.speech_level_dbfs:.0f} dBFS{snr}"
+              f"{matches}")  # fmt: skip
+    for warning in enrolment.warnings:
+        print(f"warning: {warning}")
 
 
 def _recognize(db: Any, args: argparse.Namespace) -> int:
@@ -238,12 +250,13 @@ def _remove(db: Any, args: argparse.Namespace) -> int:
 
 def _describe(result: Any) -> str:
     runner = f" (runner-up: {result.runner_up} {result.runner_up_score:.2f})" if result.runner_up is not None else ""
+    speech = f" [{result.speech.speech_seconds:.1f} s of speech]" if result.speech is not None else ""
     if result.name is not None:
-        return f"Recognised: {result.name}, similarity: {result.score:.2f}{runner}"
+        return f"Recognised: {result.name}, similarity: {result.score:.2f}{runner}{speech}"
     score, threshold = f"{result.score:.2f}", f"{result.threshold:.2f}"
     if score == threshold:  # 0.749 vs 0.75 must not read "0.75 < 0.75"
         score, threshold = f"{result.score:.4f}", f"{result.threshold:.4f}"
-    return f"Unknown speaker (best: {result.best} {score} < threshold {threshold})"
+    return f"Unknown speaker (best: {result.best} {score} < threshold {threshold}){speech}"
 
 
 # microphone
@@ -294,8 +307,9 @@ def _interactive(db: Any, args: argparse.Namespace) -> int:
                 wav = _record_with_meter(record, seconds)
                 if choice == "0":
                     name = input("Name: ")
-                    count = db.register(name, [wav])
-                    print(f"Registered {name.strip()}: {_recordings(count)}.")
+                    enrolment = db.enrol(name, [wav])
+                    print(f"Registered {enrolment.name}: {_recordings(enrolment.count)}.")
+                    _print_enrolment(enrolment, ["recording"])
                 elif len(db) == 0:
                     print("No speakers registered yet: choose 0 to register someone first.")
                 else:

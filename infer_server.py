@@ -47,7 +47,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
-from utils.audio import MIN_SPEECH_SECONDS, SAMPLE_RATE, AudioError, AudioTooLongError, prepare_audio
+from utils.audio import MIN_SPEECH_SECONDS, SAMPLE_RATE, AudioError, AudioTooLongError, Recording, prepare_recording
 from utils.config import HelpFormatter, fail, print_arguments
 from utils.errors import UserError, run_cli
 
@@ -63,15 +63,33 @@ log = logging.getLogger("infer_server")
 # responses (documented at /docs)
 
 
+class Speech(BaseModel):
+    """What a recording held (silero-vad speech detection and level measures)."""
+
+    seconds: float
+    speech_seconds: float = Field(description="net speech used")
+    peak: float
+    speech_level_dbfs: float
+    clipped_fraction: float
+    snr_db: float | None
+
+
 class ContrastResult(BaseModel):
     score: float
     threshold: float
     same_speaker: bool
+    speech: list[Speech] = Field(description="file1's and file2's speech")
+
+
+class NewRecording(Speech):
+    consistency: float | None = Field(description="similarity to the speaker's other recordings (null: no other)")
 
 
 class RegisterResult(BaseModel):
     name: str
     recordings: int
+    new: list[NewRecording]
+    warnings: list[str] = Field(description="problems worth re-recording for: noise, clipping, mismatch, too little")
 
 
 class RecognizeResult(BaseModel):
@@ -81,6 +99,7 @@ class RecognizeResult(BaseModel):
     runner_up_score: float | None
     best: str | None = Field(None, description="top-ranked speaker (also when name is null); score is theirs")
     threshold: float
+    speech: Speech | None
 
 
 class SpeakersResult(BaseModel):
@@ -196,14 +215,16 @@ class Service:
     model_slot: threading.BoundedSemaphore
     db_lock: threading.RLock = field(default_factory=threading.RLock)
 
-    def read_upload(self, upload: UploadFile, field: str, min_seconds: float = MIN_SPEECH_SECONDS) -> np.ndarray:
-        """An uploaded file as checked 16 kHz mono speech (utils.audio.prepare_audio, like every entry point)."""
+    def read_upload(self, upload: UploadFile, field: str, min_seconds: float = MIN_SPEECH_SECONDS) -> Recording:
+        """An uploaded file as checked 16 kHz mono speech with its SpeechReport (utils.audio.prepare_recording,
+        like every entry point)."""
         name = _upload_name(upload, field)
         max_bytes = int(self.max_upload_mb * 2**20)
         data = upload.file.read(max_bytes + 1)
         if len(data) > max_bytes:
             raise HTTPException(413, f"audio file {name} is larger than {self.max_upload_mb:g} MB (--max_upload_mb)")
-        return prepare_audio(data, name=name, min_seconds=min_seconds, max_seconds=self.max_seconds)
+        return prepare_recording(data, name=name, min_seconds=min_seconds, max_seconds=self.max_seconds,
+                                 min_speech_seconds=min_seconds if min_seconds > MIN_SPEECH_SECONDS else None)  # fmt: skip
 
 
 def get_service(request: Request) -> Service:
@@ -272,12 +293,13 @@ def contrast(
     file1: Annotated[UploadFile, File(description="first recording")],
     file2: Annotated[UploadFile, File(description="second recording")],
 ) -> dict:
-    wav1, wav2 = svc.read_upload(file1, "file1"), svc.read_upload(file2, "file2")
+    rec1, rec2 = svc.read_upload(file1, "file1"), svc.read_upload(file2, "file2")
     with svc.model_slot:
-        emb1 = svc.embedder.embed_array(wav1, SAMPLE_RATE, _upload_name(file1, "file1"))
-        emb2 = svc.embedder.embed_array(wav2, SAMPLE_RATE, _upload_name(file2, "file2"))
+        emb1, speech1 = svc.embedder.embed_recording(rec1, _upload_name(file1, "file1"))
+        emb2, speech2 = svc.embedder.embed_recording(rec2, _upload_name(file2, "file2"))
     score = float(np.dot(emb1, emb2))
-    return {"score": score, "threshold": svc.threshold, "same_speaker": score >= svc.threshold}
+    return {"score": score, "threshold": svc.threshold, "same_speaker": score >= svc.threshold,
+            "speech": [speech1.to_dict(), speech2.to_dict()]}  # fmt: skip
 
 
 @router.post("/register", response_model=RegisterResult, responses=ERRORS, summary="Add recordings of a speaker")
@@ -292,10 +314,10 @@ def register(
     if len(files) > MAX_REGISTER_FILES:
         raise HTTPException(400, f"at most {MAX_REGISTER_FILES} files per registration, got {len(files)}")
     # all decoded and checked first (named by file), so one bad file registers nothing
-    wavs = [svc.read_upload(f, "files", MIN_REGISTER_SECONDS) for f in files]
+    wavs = [svc.read_upload(f, "files", MIN_REGISTER_SECONDS).wav for f in files]
     with svc.db_lock, svc.model_slot:
-        count = svc.db.register(name, wavs, sample_rate=SAMPLE_RATE)
-    return {"name": name, "recordings": int(count)}
+        enrolment = svc.db.enrol(name, wavs, sample_rate=SAMPLE_RATE)
+    return enrolment.to_dict()
 
 
 @router.post(
@@ -321,6 +343,7 @@ def recognize(svc: ServiceDep, file: Annotated[UploadFile, File(description="rec
         "runner_up_score": None if result.runner_up_score is None else float(result.runner_up_score),
         "best": result.best,
         "threshold": svc.recognition_threshold,
+        "speech": result.speech.to_dict() if result.speech is not None else None,
     }
 
 

@@ -168,6 +168,22 @@ function showResult(text, kind, score, threshold) {
   if (threshold !== undefined) $("threshold").textContent = threshold.toFixed(3);
 }
 
+// what the server measured about the recordings (speech used, warnings), one line each
+function showNotes(lines) {
+  const notes = $("notes");
+  notes.replaceChildren();
+  for (const line of lines) {
+    const item = document.createElement("li");
+    item.textContent = line;
+    if (line.startsWith("warning")) item.className = "warning";
+    notes.appendChild(item);
+  }
+}
+
+function speechLine(label, speech) {
+  return speech ? `${label}: ${speech.speech_seconds.toFixed(1)} s of speech` : `${label}: -`;
+}
+
 function showClip(slot) {
   const clip = clips[slot];
   const label = $(`clip-${slot}`);
@@ -243,6 +259,7 @@ async function callApi(path, form) {
   }
   if (!response.ok) {
     showResult(`Error (${response.status}): ${body.detail}`, "error");
+    showNotes([]);
     return null;
   }
   return body;
@@ -256,6 +273,7 @@ async function register() {
   const body = await callApi("/register", form);
   if (body) {
     showResult(`Registered ${body.name} (${body.recordings} recording${body.recordings === 1 ? "" : "s"})`, "ok");
+    showNotes([...body.new.map((r) => speechLine("new recording", r)), ...body.warnings.map((w) => `warning: ${w}`)]);
     refreshSpeakers();
   }
 }
@@ -273,6 +291,7 @@ async function recognize() {
     showResult(`Recognised: ${body.name}`, "ok", body.score, body.threshold);
   }
   result.dataset.name = body.name === null ? "" : body.name;
+  showNotes([speechLine("speech used", body.speech)]);
 }
 
 async function compare() {
@@ -283,6 +302,7 @@ async function compare() {
   if (body) {
     const text = body.same_speaker ? "Same speaker" : "Different speakers";
     showResult(text, body.same_speaker ? "ok" : "unknown", body.score, body.threshold);
+    showNotes([speechLine("recording A", body.speech[0]), speechLine("recording B", body.speech[1])]);
   }
 }
 

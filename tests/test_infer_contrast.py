@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 import infer_contrast
 from utils.checkpoint import atomic_torch_save, load_torch_file
@@ -69,12 +71,18 @@ def test_cli_same_pair(demo: dict) -> None:
     code, out, err = demo["same"]
     assert code == 0, err[-2000:]
     assert "Configuration Arguments" not in out  # the configuration only with --verbose
-    line, model_line = out.strip().splitlines()  # the answer first, then which model gave it
+    line, speech_line, model_line = out.strip().splitlines()  # the answer, how much speech, which model
+    assert re.fullmatch(r"speech used: \d+\.\d s and \d+\.\d s", speech_line), speech_line
     assert model_line.startswith("model: models/voiceprint_resnet34.pt (resnet34 width 16")
     assert line.startswith("audio/a_1.wav and audio/a_2.wav are the same person, similarity: ")
     assert line.endswith("(threshold 0.320)")
     result = json.loads((demo["tmp"] / "same.json").read_text())
-    assert set(result) == {"score", "threshold", "same_speaker", "audio_path1", "audio_path2"}
+    assert set(result) == {"score", "threshold", "same_speaker", "audio_path1", "audio_path2", "speech1", "speech2"}
+    for key, path in (("speech1", "audio/a_1.wav"), ("speech2", "audio/a_2.wav")):
+        seconds = sf.info(str(ROOT / path)).duration
+        assert result[key]["seconds"] == pytest.approx(seconds, abs=0.01)
+        assert 0.3 * seconds < result[key]["speech_seconds"] <= seconds + 0.01
+        assert f"{result[key]['speech_seconds']:.1f} s" in speech_line
     assert result["same_speaker"] is True
     assert (result["audio_path1"], result["audio_path2"]) == ("audio/a_1.wav", "audio/a_2.wav")
     assert result["threshold"] == pytest.approx(demo["threshold"])  # the threshold stored in the model file

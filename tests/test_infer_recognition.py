@@ -72,7 +72,9 @@ def library(tmp_path_factory: pytest.TempPathFactory, utterances) -> Path:
             run("--audio_db", root, "--register", spk, "--audio_path", *utterances[spk][:3], "--json_path", out_json)
         )
         assert f"Registered {spk}: 3 recordings" in out
-        assert json.loads(out_json.read_text()) == {"name": spk, "recordings": 3}
+        enrolment = json.loads(out_json.read_text())
+        assert (enrolment["name"], enrolment["recordings"], len(enrolment["new"])) == (spk, 3, 3)
+        assert all(r["speech_seconds"] > 1.0 for r in enrolment["new"]), enrolment
     return root
 
 

@@ -71,7 +71,11 @@ def enrolled(client, speech) -> dict[str, int]:
         upload = [("files", (p.name, p.read_bytes(), "audio/mpeg")) for p in files[:3]]
         response = client.post("/register", data={"name": name}, files=upload)
         assert response.status_code == 200, response.text
-        assert response.json() == {"name": name, "recordings": 3}
+        body = response.json()
+        assert (body["name"], body["recordings"], len(body["new"])) == (name, 3, 3)
+        # real read speech: seconds of it per recording, each matching the speaker's other two
+        assert all(r["speech_seconds"] > 1.0 and r["consistency"] > 0.5 for r in body["new"]), body
+        assert body["warnings"] == [], body
         counts[name] = 3
     return counts
 
@@ -147,13 +151,17 @@ def test_contrast_same_and_different(client, speech) -> None:
     assert same["same_speaker"] is True and different["same_speaker"] is False
     assert same["score"] > same["threshold"] > different["score"]
     assert same["threshold"] == client.get("/health").json()["contrast_threshold"]
-    assert set(same) == {"score", "threshold", "same_speaker"}
+    assert set(same) == {"score", "threshold", "same_speaker", "speech"}
+    assert [round(s["seconds"], 1) for s in same["speech"]] == [round(sf.info(str(p)).duration, 1) for p in (a1, a2)]
+    assert all(0.5 * s["seconds"] < s["speech_seconds"] <= s["seconds"] for s in same["speech"]), same["speech"]
 
 
 def test_speakers_add_and_delete(client, enrolled, speech) -> None:
     extra = [("files", _upload(speech["carol"][3]))]
-    assert client.post("/register", data={"name": "carol"}, files=extra).json() == {"name": "carol", "recordings": 4}
-    assert client.post("/register", data={"name": "  dave "}, files=extra).json() == {"name": "dave", "recordings": 1}
+    carol = client.post("/register", data={"name": "carol"}, files=extra).json()
+    assert (carol["name"], carol["recordings"]) == ("carol", 4)
+    dave = client.post("/register", data={"name": "  dave "}, files=extra).json()
+    assert (dave["name"], dave["recordings"], dave["new"][0]["consistency"]) == ("dave", 1, None)
     speakers = client.get("/speakers").json()["speakers"]
     assert speakers["carol"] == 4 and speakers["dave"] == 1 and speakers["alice"] == 3
     assert client.get("/health").json()["speakers"] == len(speakers)

@@ -146,7 +146,8 @@ def test_register_recognize_unknown_remove(tmp_path: Path, embedder, speech) -> 
         assert result.name is None, (stranger, result)
         assert result.score < db.threshold and result.best in SPEAKERS
     unknown = db.recognize(speech["strangers"][0]).to_dict()
-    assert set(unknown) == {"name", "score", "runner_up", "runner_up_score", "best"}
+    assert set(unknown) == {"name", "score", "runner_up", "runner_up_score", "best", "speech_seconds"}
+    assert 1.0 < unknown["speech_seconds"] <= sf.info(str(speech["strangers"][0])).duration
     assert unknown["name"] is None and unknown["best"] in SPEAKERS and unknown["best"] != unknown["runner_up"]
 
     # a stricter threshold turns a match into "unknown"; the voiceprint itself scores 1
@@ -161,7 +162,7 @@ def test_register_recognize_unknown_remove(tmp_path: Path, embedder, speech) -> 
         db.remove("2803")
     db.remove("2035")
     only = db.recognize(speech["1272"][3])
-    assert only == Recognition("1272", only.score, None, None, best="1272", threshold=db.threshold)
+    assert only == Recognition("1272", only.score, None, None, best="1272", threshold=db.threshold, speech=only.speech)
     db.remove("1272")
     with pytest.raises(SpeakerDBError, match="no speakers"):
         db.recognize(speech["1272"][3])

@@ -377,10 +377,12 @@ def analyse_speech(wav: np.ndarray) -> SpeechReport:
     power = np.square(wav[:usable].astype(np.float64)).reshape(-1, VAD_WINDOW).mean(axis=1) if usable else np.zeros(0)
     speech_mask = is_speech[: len(power)]
     speech_power = float(power[speech_mask].mean()) if speech_mask.any() else 0.0
-    other_power = float(power[~speech_mask].mean()) if (~speech_mask).any() else None
     snr = None
-    if speech_mask.any() and other_power is not None:
-        snr = 10 * math.log10(max(speech_power, 1e-12) / max(other_power, 1e-12))
+    if speech_mask.any() and len(power) >= 10:
+        # the noise floor: the quietest tenth of the windows (pauses, or the quietest bits of speech when there is
+        # no pause, which errs towards a lower SNR only for recordings that are all speech)
+        noise = float(np.percentile(power, 10))
+        snr = 10 * math.log10(max(speech_power - noise, 1e-12) / max(noise, 1e-12))
     peak = float(np.max(np.abs(wav))) if len(wav) else 0.0
     return SpeechReport(
         seconds=len(wav) / SAMPLE_RATE,

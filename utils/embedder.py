@@ -29,6 +29,7 @@ from utils.audio import (
     MIN_SPEECH_SECONDS,
     SAMPLE_RATE,
     AudioError,
+    Recording,
     SpeechReport,
     audio_info,
     check_speech,
@@ -128,6 +129,10 @@ class Embedder:
     ) -> tuple[np.ndarray, SpeechReport]:
         """(embedding, what the recording held: net speech seconds, level, clipping, SNR)."""
         recording = prepare_recording(wav, sample_rate, name)
+        return self._embed_long(recording.wav, name, recording.report)
+
+    def embed_recording(self, recording: Recording, name: str = "audio") -> tuple[np.ndarray, SpeechReport | None]:
+        """(embedding, report) of a recording utils.audio.prepare_recording has already checked."""
         return self._embed_long(recording.wav, name, recording.report)
 
     def _embed_long(

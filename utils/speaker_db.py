@@ -34,6 +34,7 @@ recognition is one matrix product of the query with all voiceprints.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -45,7 +46,7 @@ import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,8 +57,10 @@ from utils.audio import (
     AUDIO_EXTENSIONS,
     SAMPLE_RATE,
     AudioError,
+    Recording,
+    SpeechReport,
     as_float_audio,
-    prepare_audio,
+    prepare_recording,
 )
 from utils.errors import UserError
 from utils.operating_points import FALLBACK, OperatingPoints
@@ -135,6 +138,7 @@ class Recognition:
     runner_up_score: float | None
     best: str | None = None
     threshold: float | None = None
+    speech: SpeechReport | None = None  # what the recording held (net speech seconds, level, SNR)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -143,6 +147,33 @@ class Recognition:
             "runner_up": self.runner_up,
             "runner_up_score": self.runner_up_score,
             "best": self.best,  # the top-ranked speaker, also when `name` is None (unknown)
+            "speech_seconds": None if self.speech is None else round(self.speech.speech_seconds, 3),
+        }
+
+
+ENOUGH_SPEECH_SECONDS = 3.0  # a voiceprint from less speech than this is unreliable: ask for more
+
+
+@dataclass
+class Enrolment:
+    """What a registration did and how good it is: per-recording speech reports, each new recording's
+    similarity to the speaker's other recordings, and warnings a user can act on."""
+
+    name: str
+    count: int  # recordings the speaker has now
+    reports: list[SpeechReport]  # of the new recordings, in order
+    consistency: list[float | None]  # cosine to the mean of the speaker's other recordings (None: no other)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "recordings": self.count,
+            "new": [
+                {**r.to_dict(), "consistency": None if c is None else round(c, 3)}
+                for r, c in zip(self.reports, self.consistency)
+            ],  # fmt: skip
+            "warnings": self.warnings,
         }
 
 
@@ -187,6 +218,8 @@ class SpeakerDB:
         # the 1:N operating point (utils/operating_points.py); without a model nothing is scored
         points = embedder.operating_points if embedder is not None else OperatingPoints(identification=FALLBACK)
         self.threshold = points.resolve("identification", threshold)
+        # 1:1: how alike two recordings of one person must be (enrolment consistency checks)
+        self.verification_threshold = points.verification if points.verification is not None else FALLBACK
         self.fingerprint = _model_fingerprint(embedder) if embedder is not None else None
         self._entries: dict[str, _Entry] = {}  # relative path -> entry
         self._cache_damaged = False  # the cache file could not be read: rewrite it even if nothing changed
@@ -332,17 +365,19 @@ class SpeakerDB:
 
     # recognition
 
-    def recognize(self, wav: np.ndarray | str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> Recognition:
-        """Who is speaking in `wav` (an array at `sample_rate`, or an audio file)."""
+    def recognize(self, wav: np.ndarray | str | os.PathLike | Recording, sample_rate: int = SAMPLE_RATE) -> Recognition:
+        """Who is speaking in `wav` (an array at `sample_rate`, an audio file, or a prepared Recording)."""
         if self.embedder is None:
             raise SpeakerDBError("this library was opened without a model: it cannot recognise")
         if len(self) == 0:
             raise SpeakerDBError(f"no speakers registered in {self.root}: register someone first")
-        if isinstance(wav, (str, os.PathLike)):
-            emb = self.embedder.embed_file(wav)
+        if isinstance(wav, Recording):
+            emb, speech = self.embedder.embed_recording(wav)
+        elif isinstance(wav, (str, os.PathLike)):
+            emb, speech = self.embedder.embed_file_report(wav)
         else:
-            emb = self.embedder.embed_array(as_float_audio(wav), sample_rate)
-        return self.recognize_embedding(emb)
+            emb, speech = self.embedder.embed_array_report(as_float_audio(wav), sample_rate)
+        return dataclasses.replace(self.recognize_embedding(emb), speech=speech)
 
     def recognize_embedding(self, emb: np.ndarray) -> Recognition:
         """Best and second-best speaker for one embedding: one matrix product, no loop over speakers."""
@@ -373,10 +408,19 @@ class SpeakerDB:
         recordings: Sequence[np.ndarray | str | os.PathLike],
         sample_rate: int = SAMPLE_RATE,
     ) -> int:
-        """Save each recording as root/<name>/<timestamp-uuid>.wav (16-bit, 16 kHz), embed it; returns the count.
+        """Add recordings of `name` (see `enrol`); returns how many recordings the speaker has now."""
+        return self.enrol(name, recordings, sample_rate).count
 
-        Everything is decoded, checked and embedded before anything is written, so
-        a bad recording leaves the library untouched.
+    def enrol(
+        self,
+        name: str,
+        recordings: Sequence[np.ndarray | str | os.PathLike],
+        sample_rate: int = SAMPLE_RATE,
+    ) -> Enrolment:
+        """Save each recording as root/<name>/<timestamp-uuid>.wav (16-bit, 16 kHz), embed it, and judge it.
+
+        Everything is decoded, checked (speech by silero-vad: at least MIN_REGISTER_SECONDS of it per
+        recording) and embedded before anything is written, so a bad recording leaves the library untouched.
         """
         if self.embedder is None:
             raise SpeakerDBError("this library was opened without a model: it cannot register")
@@ -387,12 +431,14 @@ class SpeakerDB:
         if not recordings:
             raise SpeakerDBError(f"no recordings given for {name}")
         prepared: list[tuple[bytes, np.ndarray]] = []
+        reports: list[SpeechReport] = []
         for i, recording in enumerate(recordings):
-            wav = self._load_recording(recording, sample_rate, i)
-            pcm = (np.clip(wav, -1.0, 1.0) * 32767.0).round().astype("<i2")
+            prepared_recording = self._load_recording(recording, sample_rate, i)
+            pcm = (np.clip(prepared_recording.wav, -1.0, 1.0) * 32767.0).round().astype("<i2")
             # embed exactly what is stored (16-bit), so a later re-embed of the file gives the same vector
             emb = self.embedder.embed_array(pcm.astype(np.float32) / 32767.0, SAMPLE_RATE)
             prepared.append((_wav_bytes(pcm), np.asarray(emb, dtype=np.float32)))
+            reports.append(prepared_recording.report)
         from utils.fileio import atomic_write_bytes, remove_stale_temp_files
 
         with self._locked(write=True):
@@ -410,11 +456,40 @@ class SpeakerDB:
                 st = path.stat()
                 extra[f"{name}/{file_name}"] = _Entry(name, st.st_size, st.st_mtime_ns, emb)
             self._sync_locked(extra)
-        return self._snapshot.counts.get(name, 0)
+        return self._judge(name, [emb for _, emb in prepared], reports, list(extra))
 
-    def _load_recording(self, recording: np.ndarray | str | os.PathLike, sample_rate: int, index: int) -> np.ndarray:
+    def _judge(self, name: str, new: list[np.ndarray], reports: list[SpeechReport], keys: list[str]) -> Enrolment:
+        """Consistency of each new recording with the speaker's others, and the warnings to show."""
+        entries = [e for key, e in self._entries.items() if e.speaker == name and e.embedding is not None]
+        others_of = {key: [e.embedding for k, e in self._entries.items() if e.speaker == name and k != key
+                           and e.embedding is not None] for key in keys}  # fmt: skip
+        consistency: list[float | None] = []
+        for emb, key in zip(new, keys):
+            others = others_of[key]
+            if not others:
+                consistency.append(None)
+                continue
+            mean = np.mean(others, axis=0)
+            consistency.append(float(emb @ (mean / (np.linalg.norm(mean) + 1e-12))))
+        limit = self.verification_threshold
+        warnings_ = []
+        for i, (report, score) in enumerate(zip(reports, consistency)):
+            label = f"recording {i + 1}"
+            warnings_ += [f"{label}: {problem}" for problem in report.problems()]
+            if score is not None and score < limit:
+                warnings_.append(f"{label} does not sound like {name}'s other recordings (similarity {score:.2f} < "
+                                 f"{limit:.2f}): a different person, or a broken microphone?")  # fmt: skip
+        speech = sum(r.speech_seconds for r in reports)
+        if len(entries) == len(new) and speech < ENOUGH_SPEECH_SECONDS:
+            warnings_.append(f"only {speech:.1f} s of speech: record more (at least {ENOUGH_SPEECH_SECONDS:g} s in "
+                             "total, from 2-3 recordings) for a reliable voiceprint")  # fmt: skip
+        return Enrolment(name, self._snapshot.counts.get(name, 0), reports, consistency, warnings_)
+
+    def _load_recording(self, recording: np.ndarray | str | os.PathLike, sample_rate: int, index: int) -> Recording:
         name = None if isinstance(recording, (str, os.PathLike)) else f"recording {index + 1}"
-        return prepare_audio(recording, sample_rate, name, min_seconds=MIN_REGISTER_SECONDS)
+        return prepare_recording(
+            recording, sample_rate, name, min_seconds=MIN_REGISTER_SECONDS, min_speech_seconds=MIN_REGISTER_SECONDS
+        )
 
     def remove(self, name: str) -> None:
         """Delete a speaker: root/<name>/ and any legacy root/<name>.<ext>; SpeakerDBError when unknown."""
