@@ -204,3 +204,29 @@ def test_prepare_audio_arrays_paths_and_bytes_agree(shared_data: Path, tmp_path:
         prepare_audio(np.full(16000, np.nan, np.float32), name="recording 2")
     with pytest.raises(AudioError, match=rf"{path.name} is too short: 0.\d+ s \(need at least 2 s\)"):
         prepare_audio(path, min_seconds=2.0)
+
+
+def test_speech_detection_refuses_non_speech_and_measures_speech(shared_data: Path) -> None:
+    from utils.audio import analyse_speech, check_speech, speech_probabilities
+
+    t = np.arange(3 * 16000) / 16000
+    rng = np.random.default_rng(0)
+    for name, wav in {"noise": 0.1 * rng.standard_normal(len(t)), "tone": 0.5 * np.sin(2 * np.pi * 440 * t),
+                      "dc": np.full(len(t), 0.3), "hum": 0.3 * np.sin(2 * np.pi * 50 * t)}.items():  # fmt: skip
+        with pytest.raises(AudioError, match=f"no speech detected in {name}"):
+            check_speech(wav.astype(np.float32), 16000, 0.3, name)
+    speech = load_audio(shared_data / "librispeech" / "train-clean-100" / "103-1240-0000.flac")
+    report = check_speech(speech, 16000, 0.3, "speech")
+    assert 0.6 * report.seconds < report.speech_seconds <= report.seconds and report.problems() == []
+    # the batched streams agree with one sequential pass over the whole recording
+    batched = speech_probabilities(speech[: 6 * 16000]) >= 0.5
+    sequential = speech_probabilities(speech[: 6 * 16000], stream_seconds=1000, warmup_seconds=0) >= 0.5
+    assert np.mean(batched == sequential) > 0.97
+    # speech in a long pause: net seconds, not the file length
+    padded = np.concatenate([np.zeros(16000 * 5, np.float32), speech[:32000], np.zeros(16000 * 5, np.float32)])
+    alone = analyse_speech(speech[:32000]).speech_seconds
+    assert alone > 0.8 and abs(analyse_speech(padded).speech_seconds - alone) < 0.2
+    assert any("clipped" in p for p in analyse_speech(np.clip(speech * 20, -1, 1)).problems())
+    assert any("very quiet" in p for p in analyse_speech(speech * 0.003).problems())
+    noisy = speech + 0.2 * np.std(speech) * 3 * rng.standard_normal(len(speech)).astype(np.float32)
+    assert any("noisy" in p for p in analyse_speech(noisy).problems())

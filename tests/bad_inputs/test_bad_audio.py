@@ -146,6 +146,36 @@ def make_silent(d: Path, s: np.ndarray) -> Path:
     return write(d / "silent.wav", np.zeros(32000, dtype=np.float32))
 
 
+def _signal(d: Path, name: str, wav: np.ndarray) -> Path:
+    return write(d / name, wav.astype(np.float32), subtype="FLOAT")
+
+
+T = np.arange(3 * 16000) / 16000  # 3 s
+
+
+def make_noise(d: Path, s: np.ndarray) -> Path:
+    return _signal(d, "white noise.wav", 0.1 * np.random.default_rng(0).standard_normal(len(T)))
+
+
+def make_tone(d: Path, s: np.ndarray) -> Path:
+    return _signal(d, "tone 440 Hz.wav", 0.5 * np.sin(2 * np.pi * 440 * T))
+
+
+def make_dc(d: Path, s: np.ndarray) -> Path:
+    return _signal(d, "dc offset.wav", np.full(len(T), 0.3))
+
+
+def make_hum(d: Path, s: np.ndarray) -> Path:
+    return _signal(d, "hum 50 Hz.wav", 0.3 * np.sin(2 * np.pi * 50 * T) + 0.05 * np.sin(2 * np.pi * 150 * T))
+
+
+def make_mostly_silence(d: Path, s: np.ndarray) -> Path:
+    """120 s of near-silence (room tone) holding 0.5 s of real speech."""
+    wav = 1e-3 * np.random.default_rng(1).standard_normal(120 * 16000)
+    wav[60 * 16000 : 60 * 16000 + 8000] += s[16000:24000]
+    return write(d / "mostly silence.wav", wav.astype(np.float32))
+
+
 def make_short(d: Path, s: np.ndarray) -> Path:
     return write(d / "short.wav", s[:3200])  # 0.2 s
 
@@ -230,6 +260,11 @@ AUDIO_ROWS = [
     AudioRow("zero samples (valid header)", make_zero_samples, "has no samples", "empty"),
     AudioRow("all-zero (silent)", make_silent, "is silent", "silent"),
     AudioRow("shorter than 0.3 s", make_short, "is too short: 0.200 s", "too short"),
+    AudioRow("white noise", make_noise, "no speech detected in", None),
+    AudioRow("440 Hz tone", make_tone, "no speech detected in", None),
+    AudioRow("DC offset only", make_dc, "no speech detected in", None),
+    AudioRow("50 Hz hum", make_hum, "no speech detected in", None),
+    AudioRow("120 s of silence with 0.5 s of speech", make_mostly_silence, None, None),
     AudioRow("NaN samples (float WAV)", make_nan, "contains NaN or infinite samples", "non-finite"),
     AudioRow("inf samples (float WAV)", make_inf, "contains NaN or infinite samples", "non-finite"),
     AudioRow("header claims 1 Hz", make_one_hz, "implausible sample rate of 1 Hz", "undecodable"),
@@ -341,3 +376,34 @@ def test_one_hour_recording_bounded_memory(hour_job, hour_wav) -> None:
     assert result["maxrss_mb"] < HOUR_RSS_LIMIT_MB, result
     seen = f"embedded, peak RSS {result['maxrss_mb']:.0f} MB, {result['seconds']:.0f} s (waited {time.time() - started:.0f} s)"
     record("audio", "one hour long (115 MB WAV)", "Embedder.embed_file in a child process", seen)
+
+
+NON_SPEECH_ENROLMENT = {
+    "white noise": "no speech detected in",
+    "440 Hz tone": "no speech detected in",
+    "DC offset only": "no speech detected in",
+    "50 Hz hum": "no speech detected in",
+    "120 s of silence with 0.5 s of speech": "too little speech in",
+}
+
+
+@pytest.mark.parametrize("row_id", list(NON_SPEECH_ENROLMENT))
+def test_non_speech_cannot_be_enrolled(
+    row_id: str, audio_files: dict[str, Path], tmp_path: Path, reuse_embedder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "db"
+    outcome = run_main("infer_recognition", ["--audio_db", str(db), "--register", "noisebot", "--audio_path",
+                                             str(audio_files[row_id]), "--device", "cpu"], capsys)  # fmt: skip
+    line = assert_error(outcome, NON_SPEECH_ENROLMENT[row_id])
+    assert not (db / "noisebot").exists(), "a refused recording must not leave a speaker behind"
+    record("audio", f"{row_id}: enrol", "infer_recognition.py --register NAME --audio_path X", line, tmp_path)
+
+
+def test_little_speech_is_reported(audio_files: dict[str, Path], good: Path, reuse_embedder, capsys) -> None:
+    """Silence around a little speech: compared, but the user sees how little speech the answer rests on."""
+    outcome = run_main("infer_contrast", ["--audio_path1", str(audio_files["120 s of silence with 0.5 s of speech"]),
+                                          "--audio_path2", str(good), "--device", "cpu"], capsys)  # fmt: skip
+    assert_similarity(outcome)
+    speech_line = next(x for x in outcome.out.splitlines() if x.startswith("speech used: "))
+    first = float(speech_line.split()[2])
+    assert 0.3 <= first <= 1.0, speech_line
