@@ -10,13 +10,19 @@ File mode (no microphone needed):
     python infer_recognition.py --recognize unknown.wav --json_path result.json
     python infer_recognition.py --list
     python infer_recognition.py --remove alice
+    python infer_recognition.py --calibrate     # thresholds measured on the library's own recordings
+
+`--calibrate` scores the enrolled recordings against each other (needs at least 2 speakers with 2 or more
+recordings each), stores the 1:1 and 1:N thresholds in audio_db/.voiceprint_calibration.json and prints them
+with their trial counts; every later recognition, infer_server.py and infer_contrast.py --audio_db use them.
 
 Embeddings are cached in audio_db/.voiceprint_cache.npz: a restart embeds only new or
 changed recordings (the count is printed). `--json_path` writes the result as JSON:
-recognition {"name": <name or null>, "score", "runner_up", "runner_up_score", "best"} (a list
+recognition {"name": <name or null>, "score", "runner_up", "runner_up_score", "best", "speech_seconds"} (a list
 of those, each with "path", when several files are given; a file that fails gives {"path",
 "error"}, the others are still recognised, and the exit status is 1), register {"name",
-"recordings"}, list {"speakers": {name: count}}, remove {"removed": name}.
+"recordings", "new": [speech report + "consistency"], "warnings"}, list {"speakers": {name: count}}, remove
+{"removed": name}, calibrate {"verification", "identification", trial counts}.
 """
 
 from __future__ import annotations
@@ -44,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold",
         type=float,
         default=None,
-        help="similarity needed to accept a speaker (default: the model's 1:N recognition threshold)",
+        help="similarity needed to accept a speaker (default: the library's --calibrate threshold, else the "
+        "model's 1:N recognition threshold)",
     )
     parser.add_argument("--model_path", default="models/voiceprint_resnet34.pt", help="inference model file")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -56,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--recognize", nargs="+", metavar="FILE", default=None, help="who is speaking in FILE(s)")
     parser.add_argument("--list", action="store_true", help="list enrolled speakers and their recording counts")
     parser.add_argument("--remove", metavar="NAME", default=None, help="delete an enrolled speaker")
+    parser.add_argument(
+        "--calibrate", action="store_true", help="measure and store the library's own 1:1 and 1:N thresholds"
+    )
     parser.add_argument("--json_path", default=None, help="also write the result of file mode as JSON here")
     parser.add_argument("--verbose", action="store_true", help="print the whole configuration first")
     return parser
@@ -79,21 +89,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _is_user_error(exc: BaseException) -> bool:
     """Errors about the user's input or machine (one line, no traceback); bugs still show a traceback."""
-    from utils.audio import AudioError
-    from utils.record import MicrophoneError
-    from utils.speaker_db import SpeakerDBError
+    from utils.errors import UserError
 
-    known: list[type] = [AudioError, MicrophoneError, SpeakerDBError]
-    checkpoint = sys.modules.get("utils.checkpoint")  # only imported (with torch) when a model was loaded
-    if checkpoint is not None:
-        known.append(checkpoint.CheckpointError)
-    return isinstance(exc, tuple(known))
+    return isinstance(exc, UserError)  # audio, microphone, library, calibration, model file
 
 
 def _run(args: argparse.Namespace) -> int:
     from utils.speaker_db import MIN_REGISTER_SECONDS, SpeakerDB, validate_name
 
-    modes = [m for m in ("register", "recognize", "list", "remove") if getattr(args, m) not in (None, False)]
+    modes = [
+        m for m in ("register", "recognize", "list", "remove", "calibrate") if getattr(args, m) not in (None, False)
+    ]
     if len(modes) > 1:
         fail(f"choose one of --{', --'.join(modes)}")
     mode = modes[0] if modes else "interactive"
@@ -135,7 +141,10 @@ def _run(args: argparse.Namespace) -> int:
     if mode == "interactive":
         about()
         return _interactive(db, args)
-    code = _register(db, args) if mode == "register" else _recognize(db, args)
+    if mode == "calibrate":
+        code = _calibrate(db, args)
+    else:
+        code = _register(db, args) if mode == "register" else _recognize(db, args)
     about()  # the answer first
     return code
 
@@ -229,6 +238,13 @@ def _recognize(db: Any, args: argparse.Namespace) -> int:
     if failed:
         print(f"error: {failed} of {len(results)} files could not be recognised (see above)", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _calibrate(db: Any, args: argparse.Namespace) -> int:
+    calibration = db.calibrate()
+    print(calibration.describe())
+    _write_json(args.json_path, calibration.to_dict())
+    return 0
 
 
 def _list(db: Any, args: argparse.Namespace) -> int:

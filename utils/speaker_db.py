@@ -62,6 +62,7 @@ from utils.audio import (
     as_float_audio,
     prepare_recording,
 )
+from utils.calibration import LibraryCalibration, calibrate_library, load_calibration, save_calibration
 from utils.errors import UserError
 from utils.operating_points import FALLBACK, OperatingPoints
 
@@ -217,10 +218,14 @@ class SpeakerDB:
         self.embedder = embedder
         # the 1:N operating point (utils/operating_points.py); without a model nothing is scored
         points = embedder.operating_points if embedder is not None else OperatingPoints(identification=FALLBACK)
-        self.threshold = points.resolve("identification", threshold)
-        # 1:1: how alike two recordings of one person must be (enrolment consistency checks)
-        self.verification_threshold = points.verification if points.verification is not None else FALLBACK
         self.fingerprint = _model_fingerprint(embedder) if embedder is not None else None
+        # thresholds measured on this library's own recordings (--calibrate) win over the model's
+        self.calibration = load_calibration(self.root, self.fingerprint) if embedder is not None else None
+        if self.calibration is not None:
+            points = OperatingPoints(self.calibration.verification, self.calibration.identification, "this library")
+        self.threshold = points.resolve("identification", threshold)
+        # 1:1: how alike two recordings of one person must be (contrast, enrolment consistency checks)
+        self.verification_threshold = points.verification if points.verification is not None else FALLBACK
         self._entries: dict[str, _Entry] = {}  # relative path -> entry
         self._cache_damaged = False  # the cache file could not be read: rewrite it even if nothing changed
         self._disk_state: tuple | None = None  # _disk_token() after the last sync: refresh() compares with it
@@ -399,6 +404,21 @@ class SpeakerDB:
         runner_up_score = float(scores[order[1]]) if len(order) > 1 else None
         name = best if score >= self.threshold else None
         return Recognition(name, score, runner_up, runner_up_score, best=best, threshold=self.threshold)
+
+    def calibrate(self) -> LibraryCalibration:
+        """Measure the 1:1 and 1:N thresholds on the enrolled recordings, store them in the library folder
+        (used by every later recognition, the server and infer_contrast.py --audio_db) and apply them."""
+        if self.embedder is None:
+            raise SpeakerDBError("this library was opened without a model: it cannot be calibrated")
+        self.sync()
+        entries = [e for e in self._entries.values() if e.embedding is not None]
+        embeddings = np.stack([e.embedding for e in entries]) if entries else np.zeros((0, self._dim()))
+        calibration = calibrate_library(embeddings, [e.speaker for e in entries], model=self.fingerprint or "")
+        with self._locked(write=True):
+            save_calibration(self.root, calibration)
+        self.calibration = calibration
+        self.threshold, self.verification_threshold = calibration.identification, calibration.verification
+        return calibration
 
     # writing
 

@@ -1,0 +1,159 @@
+"""Thresholds measured on the user's own recordings: a voiceprint library calibrates itself.
+
+A threshold measured on one corpus does not transfer to another (other microphones, languages,
+lengths). `calibrate_library` measures both operating points from the library's enrolled recordings:
+
+- 1:1 (infer_contrast.py --audio_db, /contrast): every pair of recordings, same speaker vs different
+  speakers: the same trials eval.py scores on a list.
+- 1:N (recognition): each recording against its own speaker's voiceprint built without it (leave one
+  out) and against every other speaker's voiceprint: the trials recognition really makes.
+
+Each threshold is the equal-error point of normal distributions fitted to the two score sets. With the
+few trials a library has, the empirical EER threshold sits on the edge of the gap between the classes
+(often the lowest genuine score, far too lenient for strangers); the fitted point sits inside the gap,
+weighted by how spread each side is. Needs at least 2 speakers with 2 or more recordings each.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from utils.errors import UserError
+
+CALIBRATION_NAME = ".voiceprint_calibration.json"
+STEADY_TRIALS = 30  # fewer same-speaker trials than this: the estimate moves with every new recording
+
+
+class CalibrationError(UserError, ValueError):
+    """The library cannot be calibrated (too few speakers or recordings)."""
+
+
+def gaussian_eer_threshold(target: np.ndarray, nontarget: np.ndarray) -> float:
+    """The score where a normal fit of each side is equally many standard deviations away."""
+    mu_t, mu_n = float(np.mean(target)), float(np.mean(nontarget))
+    sd_t = max(float(np.std(target)), 0.02)  # a floor: two recordings are not a distribution
+    sd_n = max(float(np.std(nontarget)), 0.02)
+    return (mu_n * sd_t + mu_t * sd_n) / (sd_t + sd_n)
+
+
+@dataclass(frozen=True)
+class LibraryCalibration:
+    verification: float  # 1:1 threshold
+    identification: float  # 1:N threshold
+    speakers: int
+    recordings: int
+    verification_trials: tuple[int, int]  # (same-speaker, different-speaker) pairs
+    identification_trials: tuple[int, int]
+    model: str = ""  # fingerprint of the model whose embeddings were scored
+    created: str = ""
+
+    @property
+    def steady(self) -> bool:
+        return min(self.verification_trials[0], self.identification_trials[0]) >= STEADY_TRIALS
+
+    def describe(self) -> str:
+        v, i = self.verification_trials, self.identification_trials
+        text = (
+            f"calibrated on {self.speakers} speakers, {self.recordings} recordings: "
+            f"1:1 threshold {self.verification:.3f} ({v[0]} same-speaker / {v[1]} different-speaker pairs), "
+            f"1:N threshold {self.identification:.3f} ({i[0]} / {i[1]} recording-to-voiceprint trials)"
+        )
+        if not self.steady:
+            text += f"; fewer than {STEADY_TRIALS} same-speaker trials: add recordings for a steadier estimate"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LibraryCalibration:
+        values = {k: data[k] for k in ("verification", "identification", "speakers", "recordings")}
+        for key in ("verification", "identification"):
+            if not (isinstance(values[key], (int, float)) and math.isfinite(values[key])):
+                raise ValueError(f"invalid {key} threshold {values[key]!r}")
+        return cls(
+            float(values["verification"]), float(values["identification"]), int(values["speakers"]),
+            int(values["recordings"]), tuple(data["verification_trials"]), tuple(data["identification_trials"]),
+            str(data.get("model", "")), str(data.get("created", "")),
+        )  # fmt: skip
+
+
+def calibrate_library(embeddings: np.ndarray, speakers: list[str], model: str = "") -> LibraryCalibration:
+    """Both thresholds from the library's recordings: `embeddings` (N, D) L2-normalised, `speakers` (N,)."""
+    emb = np.asarray(embeddings, dtype=np.float64)
+    names = sorted(set(speakers))
+    labels = np.array([names.index(s) for s in speakers], dtype=np.int64)
+    counts = np.bincount(labels, minlength=len(names))
+    usable = [names[k] for k in range(len(names)) if counts[k] >= 2]
+    if len(usable) < 2:
+        have = ", ".join(f"{n}: {c}" for n, c in zip(names, counts)) or "none"
+        raise CalibrationError(
+            "calibration needs at least 2 speakers with 2 or more recordings each "
+            f"(recordings per speaker: {have}): register more recordings first"
+        )
+    # 1:1: all pairs
+    scores = emb @ emb.T
+    upper = np.triu_indices(len(emb), k=1)
+    same = labels[upper[0]] == labels[upper[1]]
+    pair_scores = scores[upper]
+    verification = gaussian_eer_threshold(pair_scores[same], pair_scores[~same])
+    # 1:N: leave-one-out voiceprints (a speaker's mean without the recording itself)
+    sums = np.zeros((len(names), emb.shape[1]))
+    np.add.at(sums, labels, emb)
+    target, nontarget = [], []
+    for vector, label in zip(emb, labels):
+        for k in range(len(names)):
+            own = k == label
+            if own and counts[k] < 2:
+                continue
+            voiceprint = sums[k] - vector if own else sums[k]
+            score = float(vector @ voiceprint / (np.linalg.norm(voiceprint) + 1e-12))
+            (target if own else nontarget).append(score)
+    identification = gaussian_eer_threshold(np.array(target), np.array(nontarget))
+    return LibraryCalibration(
+        verification=round(verification, 4),
+        identification=round(identification, 4),
+        speakers=len(names),
+        recordings=len(emb),
+        verification_trials=(int(same.sum()), int((~same).sum())),
+        identification_trials=(len(target), len(nontarget)),
+        model=model,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+
+
+def save_calibration(root: str | Path, calibration: LibraryCalibration) -> Path:
+    from utils.fileio import atomic_write_json
+
+    path = Path(root) / CALIBRATION_NAME
+    atomic_write_json(path, calibration.to_dict())
+    return path
+
+
+def load_calibration(root: str | Path, model: str | None) -> LibraryCalibration | None:
+    """The library's calibration for this model, or None (none made, unreadable, or made with another model)."""
+    import json
+    import warnings
+
+    path = Path(root) / CALIBRATION_NAME
+    if not path.is_file():
+        return None
+    try:
+        calibration = LibraryCalibration.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        warnings.warn(f"ignoring {path}: {exc}; run --calibrate again", UserWarning, stacklevel=2)
+        return None
+    if model is not None and calibration.model != model:
+        warnings.warn(
+            f"{path} was measured with another model: using the model's thresholds (run --calibrate again)",
+            UserWarning,
+            stacklevel=2,
+        )
+        return None
+    return calibration
