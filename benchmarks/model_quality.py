@@ -4,7 +4,7 @@ demo pairs at the model's stored threshold, and level invariance. One row per mo
 
 Sets (all from ../shared/data, none used for training):
   valid   the 3 training speakers train.py holds out by default (--valid_speakers 3): for CHOOSING
-  fsdd    Free Spoken Digit Dataset, 6 speakers x --fsdd_per_speaker digits (8 kHz, ~0.5 s)
+  fsdd    Free Spoken Digit Dataset, 6 speakers x --fsdd_per_speaker digits (all ten digits mixed; 8 kHz, ~0.5 s)
   seed    the original's Chinese clips: a_1/a_2 and b_1/b_2 same, a_x/b_y different (verdicts)
   level   mean cosine between a clip and the same clip 20 dB and 40 dB quieter (1.0 = level-invariant)
   dev     the 5 speaker-disjoint dev-clean speakers: REPORT ONLY, once, on the final model
@@ -56,7 +56,12 @@ def set_files(name: str, shared: Path, train_list: str, fsdd_per_speaker: int) -
         return paths, [DEV_SPEAKERS.index(Path(p).parts[-3]) for p in paths]
     if name == "fsdd":
         by_speaker: dict[str, list[str]] = {}
-        for path in sorted((shared / "fsdd").glob("*.wav")):
+        # every digit equally (the k-th take of digits 0-9, then the next take): text-independent trials
+        def take_then_digit(path: Path) -> tuple[int, int]:
+            digit, _, take = path.stem.split("_")
+            return int(take), int(digit)
+
+        for path in sorted((shared / "fsdd").glob("*.wav"), key=take_then_digit):
             by_speaker.setdefault(path.stem.split("_")[1], []).append(str(path))
         speakers = sorted(by_speaker)
         paths = [p for s in speakers for p in by_speaker[s][:fsdd_per_speaker]]
