@@ -75,7 +75,7 @@ def test_cli_same_pair(demo: dict) -> None:
     assert re.fullmatch(r"speech used: \d+\.\d s and \d+\.\d s", speech_line), speech_line
     assert model_line.startswith("model: models/voiceprint_resnet34.pt (resnet34 width 16")
     assert line.startswith("audio/a_1.wav and audio/a_2.wav are the same person, similarity: ")
-    assert line.endswith("(threshold 0.320)")
+    assert line.endswith(f"(threshold {demo['threshold']:.3f})")
     result = json.loads((demo["tmp"] / "same.json").read_text())
     assert set(result) == {"score", "threshold", "same_speaker", "audio_path1", "audio_path2", "speech1", "speech2"}
     for key, path in (("speech1", "audio/a_1.wav"), ("speech2", "audio/a_2.wav")):
@@ -93,7 +93,10 @@ def test_cli_same_pair(demo: dict) -> None:
 def test_different_pair(demo: dict, capsys: pytest.CaptureFixture[str]) -> None:
     out = run_main(["--audio_path1=audio/a_1.wav", "--audio_path2=audio/b_2.wav"], capsys)
     score = demo["scores"][("a_1.wav", "b_2.wav")]
-    expected = f"audio/a_1.wav and audio/b_2.wav are not the same person, similarity: {score:.4f} (threshold 0.320)"
+    expected = (
+        f"audio/a_1.wav and audio/b_2.wav are not the same person, similarity: {score:.4f} "
+        f"(threshold {demo['threshold']:.3f})"
+    )
     assert out.strip().splitlines()[0] == expected
 
 
