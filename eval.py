@@ -19,6 +19,8 @@ EER and minDCF are the numbers to compare.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import io
 import os
 import sys
 import time
@@ -68,7 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top_k", type=int, default=300, help="AS-norm: highest cohort scores used per side")
     # output
     parser.add_argument("--json_path", default=None, help="write the metrics here as JSON")
-    parser.add_argument("--plot_dir", default=None, help="write det_curve.png and score_histogram.png here")
+    parser.add_argument(
+        "--plot_dir", default=None, help="write det_curve.png, score_histogram.png (and reliability.png) here"
+    )
+    parser.add_argument(
+        "--fit_calibration",
+        default=None,
+        metavar="OUT.pt",
+        help="fit a score calibration (probability of 'same speaker' from the score and the two lengths) on "
+        "these trials and write a copy of the model carrying it. Fit on a validation list, evaluate elsewhere",
+    )
     parser.add_argument("--verbose", action="store_true", help="print the whole configuration first")
     return parser
 
@@ -134,17 +145,23 @@ def upper_pair_scores(emb: np.ndarray, labels: np.ndarray, block_rows: int = 256
 def sample_pair_scores(
     emb: np.ndarray, labels: Sequence[int] | np.ndarray, max_pairs: int = PLOT_MAX_PAIRS, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Scores and target flags of the unordered pairs i < j for plotting, at most about `max_pairs` of them.
+    """Scores and target flags of at most about `max_pairs` pairs i < j (see sample_pairs)."""
+    labels = np.asarray(labels)
+    a, b = sample_pairs(labels, max_pairs, seed)
+    return pair_scores(emb, a, b), labels[a] == labels[b]
+
+
+def sample_pairs(labels: np.ndarray, max_pairs: int = PLOT_MAX_PAIRS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Unordered pairs i < j (index arrays) for plotting or fitting, at most about `max_pairs` of them.
 
     Small sets give every pair. Larger ones are sampled deterministically and per class: every target pair
     when there are at most max_pairs / 2 of them, else max_pairs / 2 drawn with replacement, and max_pairs / 2
     non-target pairs drawn with replacement. That keeps each class's score density and FAR / FRR curve unbiased
     even when targets are rare.
     """
-    labels = np.asarray(labels)
     n = len(labels)
     if n * (n - 1) // 2 <= max_pairs:
-        return upper_pair_scores(emb, labels)
+        return np.triu_indices(n, k=1)
     rng = np.random.default_rng(seed)
     half = max_pairs // 2
     # target pairs: pick a speaker in proportion to its number of pairs, then two different utterances of it
@@ -177,8 +194,7 @@ def sample_pair_scores(
         parts_a.append(a)
         parts_b.append(b)
         got += len(a)
-    a, b = np.concatenate(parts_a), np.concatenate(parts_b)
-    return pair_scores(emb, a, b), labels[a] == labels[b]
+    return np.concatenate(parts_a), np.concatenate(parts_b)
 
 
 # AS-norm
@@ -364,6 +380,7 @@ def main(argv: list[str] | None = None) -> None:
         print_arguments(args)
     check_output_file(args.json_path, "--json_path")
     check_output_dir(args.plot_dir, "--plot_dir")
+    check_output_file(args.fit_calibration, "--fit_calibration")
     try:
         run(args)
     except UserError as exc:  # bad audio, list or model: one line
@@ -473,6 +490,83 @@ def as_norm_metrics(
     return metrics, (norm, norm_y)
 
 
+CALIBRATION_MAX_PAIRS = 200_000
+
+
+def file_seconds(files: list[str]) -> np.ndarray:
+    """Each file's length in seconds (from its header: cheap), the calibration's quality measure."""
+    from utils.audio import AudioError, audio_info
+
+    out = np.zeros(len(files))
+    for i, path in enumerate(files):
+        try:
+            frames, rate = audio_info(path)
+            out[i] = frames / rate
+        except AudioError:
+            out[i] = 0.0  # unusable files never reach a trial
+    return out
+
+
+def calibration_metrics(
+    embedder: Any, scores: np.ndarray, targets: np.ndarray, seconds_a: np.ndarray, seconds_b: np.ndarray
+) -> tuple[dict[str, Any], list[dict]]:
+    """How well the model's stored probabilities match what happens on these trials."""
+    from utils.calibration import ScoreCalibration, calibration_error
+
+    calibration = ScoreCalibration.from_dict(embedder.operating_points.calibration)
+    probability = calibration.probability(scores, seconds_a, seconds_b)
+    ece, bins = calibration_error(probability, targets)
+    accuracy = float(0.5 * np.mean(probability[targets] >= 0.5) + 0.5 * np.mean(probability[~targets] < 0.5))
+    print(
+        f"calibrated probability (fitted on {calibration.measured_on}): expected calibration error {ece:.3f}, "
+        f"balanced accuracy at p >= 0.5 {accuracy:.2%} ({len(scores)} trials)"
+    )
+    return {"ece": ece, "balanced_accuracy": accuracy, "fitted_on": calibration.measured_on, "bins": bins}, bins
+
+
+def write_calibrated_model(
+    args: argparse.Namespace, scores: np.ndarray, targets: np.ndarray, seconds_a: np.ndarray, seconds_b: np.ndarray
+) -> None:
+    from utils.calibration import fit_score_calibration
+    from utils.checkpoint import atomic_torch_save, load_torch_file
+    from utils.operating_points import OperatingPoints
+
+    if str(args.model_path).endswith(".onnx"):
+        fail("--fit_calibration needs a .pt model (export the calibrated copy to ONNX afterwards)")
+    where = args.trials_path or args.list_path
+    calibration = fit_score_calibration(scores, targets, seconds_a, seconds_b, measured_on=where)
+    blob = load_torch_file(args.model_path)
+    points = OperatingPoints.from_info(blob)
+    blob["operating_points"] = dataclasses.replace(points, calibration=calibration.to_dict()).to_dict()
+    atomic_torch_save(blob, args.fit_calibration)
+    print(f"score calibration fitted on {sum(calibration.trials)} trials of {where} -> {args.fit_calibration}")
+
+
+def save_reliability_plot(plot_dir: str, bins: list[dict]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from utils.fileio import atomic_write_bytes
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect calibration")
+    ax.plot([b["predicted"] for b in bins], [b["observed"] for b in bins], marker="o", label="this model")
+    ax.set_xlabel("predicted probability of 'same speaker'")
+    ax.set_ylabel("observed share of same-speaker trials (classes balanced)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    path = os.path.join(plot_dir, "reliability.png")
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     trials, items, cohort_list = check_inputs(args)
 
@@ -521,6 +615,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(format_report(result["as_norm"], title))
         print("  (AS-norm scores are not cosines: the cosine accuracy sweep does not suit them)")
 
+    # score calibration: measured when the model carries one, fitted when asked
+    plot_reliability = None
+    if embedder.operating_points.calibration is not None or args.fit_calibration:
+        seconds = file_seconds(files)[scored.ok] if trials is None else file_seconds(files)
+        a, b = (scored.a, scored.b) if trials is not None else sample_pairs(scored.labels, CALIBRATION_MAX_PAIRS)
+        targets = scored.y if trials is not None else scored.labels[a] == scored.labels[b]
+        cal_scores = pair_scores(scored.emb, a, b)
+        if embedder.operating_points.calibration is not None:
+            result["calibration"], plot_reliability = calibration_metrics(embedder, cal_scores, targets,
+                                                                          seconds[a], seconds[b])  # fmt: skip
+        if args.fit_calibration:
+            write_calibrated_model(args, cal_scores, targets, seconds[a], seconds[b])
+
     # outputs
     if args.json_path:
         from utils.fileio import atomic_write_json
@@ -535,6 +642,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             curves.append(("AS-norm", *_thin(*plot_norm), result["as_norm"]))
         for path in save_plots(args.plot_dir, curves):
             print(f"plot written to {path}")
+        if plot_reliability is not None:
+            print(f"plot written to {save_reliability_plot(args.plot_dir, plot_reliability)}")
     return result
 
 

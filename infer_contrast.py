@@ -75,6 +75,13 @@ def main(argv: list[str] | None = None) -> None:
     verdict = "are the same person" if same else "are not the same person"
     print(f"{args.audio_path1} and {args.audio_path2} {verdict}, similarity: {score:.4f} (threshold {threshold:.3f})")
     print(f"speech used: {speech1.speech_seconds:.1f} s and {speech2.speech_seconds:.1f} s")
+    probability = None
+    if embedder.operating_points.calibration is not None:  # eval.py --fit_calibration stored one in the model
+        from utils.calibration import ScoreCalibration
+
+        calibration = ScoreCalibration.from_dict(embedder.operating_points.calibration)
+        probability = float(calibration.probability(score, speech1.seconds, speech2.seconds))
+        print(f"probability of the same person: {probability:.2f} (calibrated on {calibration.measured_on})")
     for path, speech in ((args.audio_path1, speech1), (args.audio_path2, speech2)):
         for problem in speech.problems():
             print(f"warning: {path}: {problem}")
@@ -89,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
             "same_speaker": bool(same),
             "audio_path1": args.audio_path1,
             "audio_path2": args.audio_path2,
+            "probability_same": probability,
             "speech1": speech1.to_dict(),
             "speech2": speech2.to_dict(),
         }

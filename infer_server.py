@@ -78,6 +78,9 @@ class ContrastResult(BaseModel):
     score: float
     threshold: float
     same_speaker: bool
+    probability_same: float | None = Field(
+        None, description="calibrated probability of one speaker (models calibrated with eval.py --fit_calibration)"
+    )
     speech: list[Speech] = Field(description="file1's and file2's speech")
 
 
@@ -298,8 +301,14 @@ def contrast(
         emb1, speech1 = svc.embedder.embed_recording(rec1, _upload_name(file1, "file1"))
         emb2, speech2 = svc.embedder.embed_recording(rec2, _upload_name(file2, "file2"))
     score = float(np.dot(emb1, emb2))
+    probability = None
+    if svc.embedder.operating_points.calibration is not None:  # eval.py --fit_calibration stored one
+        from utils.calibration import ScoreCalibration
+
+        calibration = ScoreCalibration.from_dict(svc.embedder.operating_points.calibration)
+        probability = float(calibration.probability(score, speech1.seconds, speech2.seconds))
     return {"score": score, "threshold": svc.threshold, "same_speaker": score >= svc.threshold,
-            "speech": [speech1.to_dict(), speech2.to_dict()]}  # fmt: skip
+            "probability_same": probability, "speech": [speech1.to_dict(), speech2.to_dict()]}  # fmt: skip
 
 
 @router.post("/register", response_model=RegisterResult, responses=ERRORS, summary="Add recordings of a speaker")

@@ -56,6 +56,7 @@ def set_files(name: str, shared: Path, train_list: str, fsdd_per_speaker: int) -
         return paths, [DEV_SPEAKERS.index(Path(p).parts[-3]) for p in paths]
     if name == "fsdd":
         by_speaker: dict[str, list[str]] = {}
+
         # every digit equally (the k-th take of digits 0-9, then the next take): text-independent trials
         def take_then_digit(path: Path) -> tuple[int, int]:
             digit, _, take = path.stem.split("_")

@@ -319,3 +319,34 @@ def test_repeated_trials_warn(shared_data: Path, tmp_path: Path, capsys: pytest.
     (tmp_path / "trials.txt").write_text("\n".join(lines) + "\n")
     evaluate.main(["--trials_path", str(tmp_path / "trials.txt"), "--device", "cpu", "--num_workers", "0"])
     assert "warning: 2 repeated trial(s)" in capsys.readouterr().err
+
+
+def test_fit_calibration_then_calibrated_probabilities(runs: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    """Fit on one set, write a model copy carrying it; the copy reports calibrated probabilities elsewhere."""
+    import infer_contrast
+    from utils.checkpoint import load_torch_file
+
+    tmp = runs["tmp"]
+    calibrated = tmp / "calibrated.pt"
+    args = ["--model_path", str(MODEL), "--num_workers", "0", "--device", "cpu"]
+    evaluate.main(["--list_path", str(tmp / "list.txt"), "--fit_calibration", str(calibrated), *args])
+    assert f"score calibration fitted on 66 trials of {tmp / 'list.txt'}" in capsys.readouterr().out
+    points = load_torch_file(calibrated)["operating_points"]
+    assert points["calibration"]["kind"] == "logistic" and tuple(points["calibration"]["trials"]) == (12, 54)
+    assert load_torch_file(MODEL)["state_dict"].keys() == load_torch_file(calibrated)["state_dict"].keys()
+
+    trials = ["--trials_path", str(tmp / "trials" / "trials.txt"), "--json_path", str(tmp / "cal.json")]
+    evaluate.main([*trials, "--plot_dir", str(tmp / "cal_plots"), "--model_path", str(calibrated),
+                   "--num_workers", "0", "--device", "cpu"])  # fmt: skip
+    report = json.loads((tmp / "cal.json").read_text())["calibration"]
+    assert 0 <= report["ece"] <= 1 and sum(b["trials"] for b in report["bins"]) == len(runs["trial_pairs"])
+    assert (tmp / "cal_plots" / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    capsys.readouterr()
+    same, other = runs["items"][0][0], runs["items"][3][0]
+    infer_contrast.main(["--audio_path1", same, "--audio_path2", runs["items"][1][0], "--model_path", str(calibrated),
+                         "--device", "cpu"])  # fmt: skip
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("probability of the same person"))
+    infer_contrast.main(["--audio_path1", same, "--audio_path2", other, "--model_path", str(calibrated),
+                         "--device", "cpu"])  # fmt: skip
+    line_other = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("probability of the same"))
+    assert float(line.split()[5]) > 0.5 > float(line_other.split()[5])

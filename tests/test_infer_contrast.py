@@ -77,7 +77,17 @@ def test_cli_same_pair(demo: dict) -> None:
     assert line.startswith("audio/a_1.wav and audio/a_2.wav are the same person, similarity: ")
     assert line.endswith(f"(threshold {demo['threshold']:.3f})")
     result = json.loads((demo["tmp"] / "same.json").read_text())
-    assert set(result) == {"score", "threshold", "same_speaker", "audio_path1", "audio_path2", "speech1", "speech2"}
+    assert set(result) == {
+        "score",
+        "threshold",
+        "same_speaker",
+        "audio_path1",
+        "audio_path2",
+        "speech1",
+        "speech2",
+        "probability_same",
+    }
+    assert result["probability_same"] is None  # the bundled model carries no score calibration
     for key, path in (("speech1", "audio/a_1.wav"), ("speech2", "audio/a_2.wav")):
         seconds = sf.info(str(ROOT / path)).duration
         assert result[key]["seconds"] == pytest.approx(seconds, abs=0.01)

@@ -157,3 +157,76 @@ def load_calibration(root: str | Path, model: str | None) -> LibraryCalibration 
         )
         return None
     return calibration
+
+
+# score calibration: a raw cosine -> the probability of "same speaker"
+
+
+@dataclass(frozen=True)
+class ScoreCalibration:
+    """Logistic regression on the cosine and the two recordings' lengths (short recordings score lower for
+    the same person, as WeSpeaker's quality-aware calibration models), fitted on a trial list with both
+    classes weighted equally: the probability assumes even odds that the two are the same person."""
+
+    coef: tuple[float, float, float]  # score, log seconds of the shorter, log seconds of the longer recording
+    intercept: float
+    measured_on: str
+    trials: tuple[int, int]  # (target, non-target) trials it was fitted on
+
+    def probability(self, score: Any, seconds_a: Any, seconds_b: Any) -> np.ndarray:
+        x = _calibration_features(score, seconds_a, seconds_b)
+        return 1.0 / (1.0 + np.exp(-(x @ np.asarray(self.coef) + self.intercept)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "logistic", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScoreCalibration:
+        coef = tuple(float(c) for c in data["coef"])
+        if len(coef) != 3 or not all(math.isfinite(c) for c in coef) or not math.isfinite(data["intercept"]):
+            raise ValueError(f"invalid score calibration {data!r}")
+        return cls(coef, float(data["intercept"]), str(data.get("measured_on", "")), tuple(data["trials"]))
+
+
+def _calibration_features(score: Any, seconds_a: Any, seconds_b: Any) -> np.ndarray:
+    a = np.log(np.maximum(np.asarray(seconds_a, dtype=np.float64), 0.1))
+    b = np.log(np.maximum(np.asarray(seconds_b, dtype=np.float64), 0.1))
+    return np.stack([np.asarray(score, dtype=np.float64), np.minimum(a, b), np.maximum(a, b)], axis=-1)
+
+
+def fit_score_calibration(
+    scores: np.ndarray, targets: np.ndarray, seconds_a: np.ndarray, seconds_b: np.ndarray, measured_on: str
+) -> ScoreCalibration:
+    """Fit ScoreCalibration on trials (scikit-learn's logistic regression, classes balanced)."""
+    from sklearn.linear_model import LogisticRegression
+
+    targets = np.asarray(targets, dtype=bool)
+    if targets.all() or not targets.any():
+        raise CalibrationError("score calibration needs both same-speaker and different-speaker trials")
+    model = LogisticRegression(class_weight="balanced", C=100.0, max_iter=1000)
+    model.fit(_calibration_features(scores, seconds_a, seconds_b), targets)
+    return ScoreCalibration(
+        tuple(float(c) for c in model.coef_[0]), float(model.intercept_[0]), measured_on,
+        (int(targets.sum()), int((~targets).sum())),
+    )  # fmt: skip
+
+
+def calibration_error(probability: np.ndarray, targets: np.ndarray, bins: int = 10) -> tuple[float, list[dict]]:
+    """Expected calibration error on class-balanced trials, and the reliability-diagram bins.
+
+    Each class is weighted to half the total, matching the even odds the calibration assumes."""
+    targets = np.asarray(targets, dtype=bool)
+    weights = np.where(targets, 0.5 / max(targets.sum(), 1), 0.5 / max((~targets).sum(), 1))
+    edges = np.linspace(0, 1, bins + 1)
+    index = np.clip(np.digitize(probability, edges) - 1, 0, bins - 1)
+    rows, ece = [], 0.0
+    for k in range(bins):
+        mask = index == k
+        w = weights[mask].sum()
+        if w == 0:
+            continue
+        predicted = float(np.sum(weights[mask] * probability[mask]) / w)
+        observed = float(np.sum(weights[mask] * targets[mask]) / w)
+        ece += w * abs(predicted - observed)
+        rows.append({"predicted": predicted, "observed": observed, "weight": float(w), "trials": int(mask.sum())})
+    return float(ece), rows
