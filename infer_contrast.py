@@ -3,6 +3,7 @@
 Usage:
     python infer_contrast.py --audio_path1=audio/a_1.wav --audio_path2=audio/a_2.wav
     python infer_contrast.py --audio_path1=audio/a_1.wav --audio_path2=audio/b_2.wav --threshold 0.4 --json_path out.json
+    python infer_contrast.py --audio_path1=audio/a_1.wav --audio_path2=audio/a_2.wav --audio_db audio_db  # its threshold
 
 Both whole recordings are embedded; the score is their cosine similarity. They are called the same person
 when score >= threshold; the default threshold is the EER threshold stored in the model file.
@@ -33,12 +34,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold",
         type=float,
         default=None,
-        help="same person when similarity >= threshold (default: the model's stored 1:1 threshold)",
+        help="same person when similarity >= threshold (default: --audio_db's calibrated 1:1 threshold, else the "
+        "model's stored 1:1 threshold)",
+    )
+    parser.add_argument(
+        "--audio_db",
+        default=None,
+        help="use the 1:1 threshold this voiceprint library measured (infer_recognition.py --calibrate)",
     )
     # output
     parser.add_argument("--json_path", default=None, help="also write the result here as JSON")
     parser.add_argument("--verbose", action="store_true", help="print the whole configuration first")
     return parser
+
+
+def library_threshold(audio_db: str, embedder: object, default: float) -> float:
+    """The library's calibrated 1:1 threshold (said out loud when there is none)."""
+    from pathlib import Path
+
+    from utils.calibration import load_calibration
+    from utils.speaker_db import model_fingerprint
+
+    if not Path(audio_db).is_dir():
+        fail(f"--audio_db {audio_db} is not a folder")
+    calibration = load_calibration(audio_db, model_fingerprint(embedder))
+    if calibration is None:
+        print(f"warning: {audio_db} is not calibrated for this model (infer_recognition.py --calibrate): "
+              "using the model's threshold")  # fmt: skip
+        return default
+    return calibration.verification
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         embedder = Embedder(args.model_path, device=args.device)
         threshold = embedder.operating_points.resolve("verification", args.threshold)
+        if args.audio_db and args.threshold is None:
+            threshold = library_threshold(args.audio_db, embedder, threshold)
         # compare
         emb1, speech1 = embedder.embed_file_report(args.audio_path1)
         emb2, speech2 = embedder.embed_file_report(args.audio_path2)

@@ -432,7 +432,14 @@ def create_app(
         db=db,
         max_upload_mb=max_upload_mb,
         max_seconds=max_seconds,
-        threshold=embedder.operating_points.resolve("verification", threshold),
+        # a calibrated library's own 1:1 threshold wins over the model's (infer_recognition.py --calibrate)
+        threshold=threshold
+        if threshold is not None
+        else (
+            db.verification_threshold
+            if getattr(db, "calibration", None) is not None
+            else embedder.operating_points.resolve("verification", None)
+        ),  # fmt: skip
         recognition_threshold=float(db.threshold),
         model_slot=threading.BoundedSemaphore(inference_slots),
     )

@@ -66,6 +66,11 @@ def test_cli_calibrate_stores_and_uses_thresholds(shared_data: Path, tmp_path: P
     probe = sorted((shared_data / "librispeech" / "dev-clean" / "1272").rglob("*.mp3"))[5]
     again = subprocess.run([*run, "--recognize", str(probe)], cwd=ROOT, capture_output=True, text=True)
     assert f"(threshold {stored['identification']:.2f})" in again.stdout, again.stdout
+    # infer_contrast.py --audio_db takes the library's 1:1 threshold
+    contrast = subprocess.run([sys.executable, "infer_contrast.py", "--audio_path1", str(probe), "--audio_path2",
+                               str(probe), "--audio_db", str(db), "--device", "cpu"], cwd=ROOT, capture_output=True,
+                              text=True)  # fmt: skip
+    assert f"(threshold {stored['verification']:.3f})" in contrast.stdout, contrast.stdout + contrast.stderr
     # too few recordings: one line, exit 1
     single = subprocess.run([sys.executable, "infer_recognition.py", "--audio_db", str(tmp_path / "empty"),
                              "--calibrate", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip

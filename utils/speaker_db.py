@@ -218,7 +218,7 @@ class SpeakerDB:
         self.embedder = embedder
         # the 1:N operating point (utils/operating_points.py); without a model nothing is scored
         points = embedder.operating_points if embedder is not None else OperatingPoints(identification=FALLBACK)
-        self.fingerprint = _model_fingerprint(embedder) if embedder is not None else None
+        self.fingerprint = model_fingerprint(embedder) if embedder is not None else None
         # thresholds measured on this library's own recordings (--calibrate) win over the model's
         self.calibration = load_calibration(self.root, self.fingerprint) if embedder is not None else None
         if self.calibration is not None:
@@ -660,7 +660,7 @@ def _wav_bytes(pcm: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _model_fingerprint(embedder: Any) -> str:
+def model_fingerprint(embedder: Any) -> str:
     """sha256 of the model file (3 MB: ~10 ms) plus the settings that change embeddings."""
     explicit = getattr(embedder, "fingerprint", None)
     if isinstance(explicit, str):
