@@ -200,7 +200,7 @@ def add_run_options(add: Any) -> None:
         help="inference.pt = average of the last K epoch checkpoints (0 = the epoch with the best validation EER)",
     )
     add("--teacher", default=None, help="distil from 'resemblyzer' (pip install resemblyzer) or a model file")
-    add("--teacher_weight", type=float, default=5.0, help="weight of the distillation loss")
+    add("--teacher_weight", type=float, default=20.0, help="weight of the distillation loss")
     add("--inference_half", type=str2bool, default=False, help="store inference.pt weights as fp16 (half the size)")
     add("--tensorboard", type=str2bool, default=False, help="also log to <save_model>/tensorboard")
     add("--threads", type=int, default=0, help="CPU threads for torch (0 = as many as torch chooses)")

@@ -356,6 +356,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))  # utils/, for running as a script
     from utils.errors import run_cli
 
     run_cli(main)

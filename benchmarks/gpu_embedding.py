@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))  # utils/, for running as a script
     from utils.errors import run_cli
 
     run_cli(main)

@@ -304,6 +304,10 @@ def speech_probabilities(wav: np.ndarray, stream_seconds: float = 0.5, warmup_se
     n_windows = -(-len(wav) // VAD_WINDOW)
     if n_windows == 0:
         return np.zeros(0, dtype=np.float32)
+    # the detector is level-sensitive: a quiet but clean recording is brought to a normal level first
+    # (up to +60 dB; digital silence stays silence), so "no speech" never just means "quiet"
+    loudness = float(np.percentile(np.abs(wav), 99.9))
+    wav = wav * min(0.5 / max(loudness, 1e-9), 1000.0) if loudness > 0 else wav
     per_stream = max(1, int(stream_seconds * SAMPLE_RATE) // VAD_WINDOW)
     warm = int(warmup_seconds * SAMPLE_RATE) // VAD_WINDOW
     n_streams = -(-n_windows // per_stream)
