@@ -4,7 +4,7 @@ own EER threshold (all pairs of all its clips), and recognise the speakers' othe
 at the calibrated 1:N threshold.
 
 Sets (../shared/data):
-  valid   LibriSpeech dev-clean 1919 2078 2412 (the validation speakers train.py holds out by default)
+  valid   the 3 speakers train.py holds out of dataset/train_list.txt by default (dev-clean 251 652 1462)
   fsdd    Free Spoken Digit Dataset, 6 speakers (8 kHz digits, ~0.5 s)
   dev     LibriSpeech dev-clean 777 1272 1988 2035 2803: REPORT ONLY, never to choose a rule
 Strangers for the 1:N check: train-clean-100 speakers (--strangers of them) for the LibriSpeech sets,
@@ -26,7 +26,7 @@ if str(ROOT) not in sys.path:
 
 from utils.config import print_arguments  # noqa: E402
 
-SETS = {"valid": ("1919", "2078", "2412"), "dev": ("777", "1272", "1988", "2035", "2803")}
+SETS = {"valid": ("251", "652", "1462"), "dev": ("777", "1272", "1988", "2035", "2803")}  # valid: see below
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +68,12 @@ def evaluate_set(name: str, embedder, args: argparse.Namespace) -> dict:
     from utils.metrics import compute_eer
     from utils.speaker_db import SpeakerDB
 
+    if name == "valid":  # the speakers train.py really held out (utils.data.split_validation), not a guess
+        from utils.data import read_list, split_validation
+
+        held_out = {Path(p).parts[-3] for p, _ in split_validation(read_list("dataset/train_list.txt"), 3)[1]}
+        if held_out != set(SETS["valid"]):
+            raise SystemExit(f"error: dataset/train_list.txt holds out {sorted(held_out)}, not {SETS['valid']}")
     by_speaker, strangers = set_clips(name, Path(args.shared_data), args.strangers)
     # the set's own EER threshold: all pairs of all its clips (what the calibration should find)
     paths = [p for clips in by_speaker.values() for p in clips]
