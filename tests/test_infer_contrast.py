@@ -138,7 +138,7 @@ def test_threshold_option_overrides_model(capsys: pytest.CaptureFixture[str]) ->
 
 def test_model_without_threshold_falls_back(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     blob = load_torch_file(MODEL)
-    blob["threshold"] = None
+    blob["operating_points"]["verification"] = None
     atomic_torch_save(blob, tmp_path / "model.pt")
     argv = ["--audio_path1=audio/a_1.wav", "--audio_path2=audio/b_2.wav", f"--model_path={tmp_path / 'model.pt'}"]
     with pytest.warns(UserWarning, match="stores no verification threshold; using 0.5"):

@@ -151,7 +151,8 @@ def test_contrast_same_and_different(client, speech) -> None:
     assert same["same_speaker"] is True and different["same_speaker"] is False
     assert same["score"] > same["threshold"] > different["score"]
     assert same["threshold"] == client.get("/health").json()["contrast_threshold"]
-    assert set(same) == {"score", "threshold", "same_speaker", "speech"}
+    assert set(same) == {"score", "threshold", "same_speaker", "speech", "probability_same"}
+    assert same["probability_same"] is None  # the bundled model carries no score calibration
     assert [round(s["seconds"], 1) for s in same["speech"]] == [round(sf.info(str(p)).duration, 1) for p in (a1, a2)]
     assert all(0.5 * s["seconds"] < s["speech_seconds"] <= s["seconds"] for s in same["speech"]), same["speech"]
 

@@ -136,7 +136,8 @@ def test_register_recognize_unknown_remove(tmp_path: Path, embedder, speech) -> 
     # an array at another sample rate: resampled before embedding
     wav16 = load_audio(speech["2035"][4])
     wav8 = load_audio(speech["2035"][4], sample_rate=8000)
-    assert db.recognize(wav8, sample_rate=8000).name == "2035"
+    narrowband = db.recognize(wav8, sample_rate=8000)  # telephone band: the right speaker still ranks first
+    assert narrowband.best == "2035" and narrowband.score > narrowband.runner_up_score + 0.3
     pcm = (wav16 * 32767).round().astype(np.int16)  # integer PCM straight from a sound card: scaled, not clipped
     assert db.recognize(pcm).score == pytest.approx(db.recognize(wav16).score, abs=1e-3)
     assert db.recognize(wav16).score == pytest.approx(db.recognize_embedding(embedder.embed_array(wav16)).score)

@@ -117,7 +117,10 @@ MODEL_ROWS = {
         changed(state_dict=lambda s: {k: v * float("nan") if v.is_floating_point() else v for k, v in s.items()}),
         "has NaN or infinite weights",
     ),
-    "NaN threshold": (changed(threshold=lambda t: float("nan")), "stores an invalid verification threshold: nan"),
+    "NaN threshold": (
+        changed(operating_points=lambda p: {**p, "verification": float("nan")}),
+        "stores an invalid verification threshold: nan",
+    ),
     "a tensor, not a model": (lambda d, t: save(torch.zeros(3), d / "model.pt"), "is not a voiceprint inference model"),
     "training checkpoint instead of inference.pt": (
         lambda d, t: next(t.rglob("checkpoint.pt")),
