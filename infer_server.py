@@ -30,11 +30,12 @@ put the service behind HTTPS.
 from __future__ import annotations
 
 import argparse
+import hmac
 import logging
 import math
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -192,6 +193,86 @@ async def _send_413(send: Callable, detail: str) -> None:
     response = JSONResponse({"detail": detail}, status_code=413, headers={"Connection": "close"})
     await send({"type": "http.response.start", "status": 413, "headers": response.raw_headers})
     await send({"type": "http.response.body", "body": response.body})
+
+
+# who may call: Host allow-list (DNS rebinding), same-origin writes (CSRF), optional API key, page headers
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+OPEN_PATHS = ("/", "/health", "/openapi.json", "/docs")  # no API key needed (no data in or out)
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self' blob:; worker-src 'self' blob:; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; media-src 'self' blob:; "
+    "connect-src 'self' blob:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'"
+)
+DOCS_CSP = PAGE_CSP.replace("script-src 'self' blob:", "script-src 'self' 'unsafe-inline'")  # Swagger UI's init
+
+
+def _host_name(host_header: str) -> str:
+    """'example.com:8000' -> 'example.com', '[::1]:8000' -> '::1'."""
+    if host_header.startswith("["):
+        return host_header[1 : host_header.find("]")] if "]" in host_header else host_header
+    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
+
+
+class _Guard:
+    """ASGI middleware in front of everything: answers with one JSON line and never reaches a route when
+
+    - the Host header is not a loopback name or one of --allowed_hosts (400: a DNS-rebinding page cannot
+      talk to the service under its own name);
+    - a state-changing request (POST, PUT, PATCH, DELETE) comes from another origin: its Origin differs
+      from this server's, or the browser marks it cross-site in Sec-Fetch-Site (403: another web page
+      cannot enrol or delete voices through the user's browser);
+    - an API key is set and the request does not carry `Authorization: Bearer KEY` (401), except the page,
+      its static files, /health and the API docs.
+    Every response gets a Content-Security-Policy, X-Frame-Options, nosniff and no referrer.
+    """
+
+    def __init__(self, app: Any, allowed_hosts: Sequence[str], api_key: str | None) -> None:
+        self.app = app
+        self.allowed_hosts = {h.lower() for h in (*LOOPBACK_HOSTS, *allowed_hosts)}
+        self.api_key = api_key
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        refusal = self.refusal(scope, headers)
+        csp = DOCS_CSP if scope.get("path", "").startswith("/docs") else PAGE_CSP
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                extra = [(b"content-security-policy", csp.encode()), (b"x-frame-options", b"DENY"),
+                         (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]  # fmt: skip
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        if refusal is None:
+            await self.app(scope, receive, send_with_headers)
+            return
+        status, detail = refusal
+        extra = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+        response = JSONResponse({"detail": detail}, status_code=status, headers=extra)
+        await response(scope, receive, send_with_headers)
+
+    def refusal(self, scope: dict, headers: dict[str, str]) -> tuple[int, str] | None:
+        host = headers.get("host", "")
+        if _host_name(host).lower() not in self.allowed_hosts:
+            return 400, f"host not allowed: {host[:100]!r} (start the server with --allowed_hosts to add it)"
+        if scope.get("method", "GET") in WRITE_METHODS:
+            origin = headers.get("origin")
+            own = f"{scope.get('scheme', 'http')}://{host}"
+            if origin is not None and origin != own:
+                return 403, f"cross-origin request refused (Origin {origin[:100]!r} is not {own!r})"
+            if headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+                return 403, "cross-site request refused (Sec-Fetch-Site)"
+        path = scope.get("path", "")
+        if self.api_key and not (path in OPEN_PATHS or path.startswith(("/static/", "/docs"))):
+            given = headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
+                return 401, "missing or wrong API key (send Authorization: Bearer KEY)"
+        return None
 
 
 # the service's state: set up once by create_app, shared by every request
@@ -405,6 +486,8 @@ def create_app(
     max_seconds: float = 60.0,
     threshold: float | None = None,
     inference_slots: int | None = None,
+    allowed_hosts: Sequence[str] = (),
+    api_key: str | None = None,
 ) -> FastAPI:
     """The web service around a loaded `Embedder` and a `SpeakerDB` (see main() for the flags).
 
@@ -444,6 +527,7 @@ def create_app(
         model_slot=threading.BoundedSemaphore(inference_slots),
     )
     app.add_middleware(_BodyLimit, limit_for=lambda path: _request_limit(path, max_upload_mb))
+    app.add_middleware(_Guard, allowed_hosts=allowed_hosts, api_key=api_key)  # added last: runs first
     app.add_exception_handler(AudioError, audio_error)
     app.add_exception_handler(UserError, user_error)  # an invalid speaker name, a library problem
     app.add_exception_handler(RequestValidationError, validation_error)
@@ -489,6 +573,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000, help="TCP port")
     parser.add_argument("--max_upload_mb", type=float, default=10.0, help="largest accepted audio file, in MB")
     parser.add_argument("--max_seconds", type=float, default=60.0, help="longest accepted recording, in seconds")
+    parser.add_argument(
+        "--api_key",
+        default=os.environ.get("VOICEPRINT_API_KEY"),
+        help="require 'Authorization: Bearer KEY' on the API (default: $VOICEPRINT_API_KEY; needed beyond loopback)",
+    )
+    parser.add_argument(
+        "--allowed_hosts",
+        nargs="*",
+        default=[],
+        help="host names clients may use besides localhost/127.0.0.1/::1 (e.g. the server's LAN name)",
+    )
     # model and library
     parser.add_argument("--model_path", default="models/voiceprint_resnet34.pt", help="inference model file")
     parser.add_argument(
@@ -516,6 +611,10 @@ def main(argv: list[str] | None = None) -> None:
         fail("--max_upload_mb and --max_seconds must be positive")
     if args.threshold is not None and not math.isfinite(args.threshold):
         fail(f"--threshold must be a finite number, got {args.threshold}")
+    if args.host not in LOOPBACK_HOSTS and not args.api_key:
+        fail(f"--host {args.host} listens beyond this machine: set --api_key KEY (or VOICEPRINT_API_KEY)")
+    if args.api_key is not None and len(args.api_key) < 16:
+        fail("--api_key must be at least 16 characters (e.g. python -c 'import secrets; print(secrets.token_hex(16))')")
 
     import torch
     import uvicorn
@@ -529,7 +628,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         embedder = Embedder(args.model_path, device=args.device)
         db = SpeakerDB(args.audio_db, embedder, threshold=args.threshold)
-        app = create_app(embedder, db, args.max_upload_mb, args.max_seconds, threshold=args.threshold)
+        allowed = [*args.allowed_hosts, *([args.host] if args.host not in ("0.0.0.0", "::") else [])]
+        app = create_app(embedder, db, args.max_upload_mb, args.max_seconds, threshold=args.threshold,
+                         allowed_hosts=allowed, api_key=args.api_key)  # fmt: skip
     except (AudioError, CheckpointError, SpeakerDBError, ValueError) as exc:
         fail(str(exc))
     print(f"model {args.model_path} on {embedder.device}; {len(db)} speakers in {args.audio_db}")

@@ -242,11 +242,29 @@ async function toggleRecording(button) {
   updateButtons();
 }
 
+// a server started with --api_key answers 401: ask for the key once, keep it for this tab only
+function authHeaders() {
+  const key = sessionStorage.getItem("voiceprint-api-key");
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+async function fetchWithKey(path, options = {}) {
+  let response = await fetch(path, { ...options, headers: authHeaders() });
+  if (response.status === 401) {
+    const key = window.prompt("This server needs its API key:");
+    if (key) {
+      sessionStorage.setItem("voiceprint-api-key", key.trim());
+      response = await fetch(path, { ...options, headers: authHeaders() });
+    }
+  }
+  return response;
+}
+
 async function callApi(path, form) {
   showResult("working...", "busy");
   let response;
   try {
-    response = await fetch(path, { method: "POST", body: form });
+    response = await fetchWithKey(path, { method: "POST", body: form });
   } catch (error) {
     showResult(`Network error: ${error.message}`, "error");
     return null;
@@ -308,7 +326,7 @@ async function compare() {
 
 async function refreshSpeakers() {
   try {
-    const response = await fetch("/speakers");
+    const response = await fetchWithKey("/speakers");
     const body = await response.json();
     const list = $("speakers");
     list.replaceChildren();

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -226,6 +228,38 @@ def _multipart(files: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
+# who may call
+
+
+def test_foreign_hosts_and_cross_origin_writes_are_refused(client, enrolled, speech) -> None:
+    before = client.get("/speakers").json()["speakers"]
+    upload = [("files", _upload(speech["alice"][3]))]
+    evil = client.post("/register", data={"name": "mallory"}, files=upload, headers={"Origin": "http://evil.example"})
+    _assert_error(evil, 403, "cross-origin request refused")
+    cross_site = client.post(
+        "/register", data={"name": "mallory"}, files=upload, headers={"Sec-Fetch-Site": "cross-site"}
+    )
+    _assert_error(cross_site, 403, "cross-site request refused")
+    _assert_error(client.delete("/speakers/alice", headers={"Origin": "null"}), 403, "cross-origin")
+    # DNS rebinding: a page on attacker.example resolving to 127.0.0.1 still sends its own Host
+    _assert_error(client.get("/speakers", headers={"Host": "attacker.example"}), 400, "host not allowed")
+    assert client.get("/speakers").json()["speakers"] == before  # nothing changed
+    # the server's own origin (what the page sends) still works
+    own = str(client.base_url).rstrip("/")
+    a1, a2 = speech["alice"][3], speech["alice"][4]
+    same = client.post("/contrast", files={"file1": _upload(a1), "file2": _upload(a2)}, headers={"Origin": own})
+    assert same.status_code == 200 and same.json()["same_speaker"] is True
+
+
+def test_security_headers_on_every_response(client) -> None:
+    for response in (client.get("/"), client.get("/health"), client.get("/speakers/x")):
+        csp = response.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in csp and "default-src 'self'" in csp and "script-src 'self' blob:;" in csp
+        assert response.headers["x-frame-options"] == "DENY"
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["referrer-policy"] == "no-referrer"
+
+
 def test_concurrent_load_has_no_errors(server, enrolled, speech, shared_data: Path) -> None:
     # the benchmark's own code, small: 2 clients x 5 mixed requests against this server's speakers
     newcomer = [_upload(p) for p in _dev_files(shared_data, "2035", 2)]  # a 4th voice for registers of new names
@@ -270,3 +304,20 @@ def test_library_is_shared_with_infer_recognition(server, enrolled) -> None:
     assert db.counts() == counts
     assert (server.audio_db / ".voiceprint_cache.npz").is_file()  # embeddings cached for the next process
     assert not list(server.audio_db.glob("**/*.tmp"))  # no half-written files left behind
+
+
+def test_api_key(tmp_path: Path) -> None:
+    import httpx
+
+    key = "k" * 20
+    with (
+        ServerProcess(tmp_path / "db", "--api_key", key, "--device", "cpu") as proc,
+        httpx.Client(base_url=proc.url, timeout=60) as http,
+    ):
+        _assert_error(http.get("/speakers"), 401, "missing or wrong API key")
+        _assert_error(http.get("/speakers", headers={"Authorization": "Bearer wrong"}), 401, "API key")
+        assert http.get("/speakers", headers={"Authorization": f"Bearer {key}"}).json() == {"speakers": {}}
+        assert http.get("/health").status_code == 200 and http.get("/").status_code == 200  # the page asks for it
+    refused = subprocess.run([sys.executable, "infer_server.py", "--host", "0.0.0.0", "--audio_db", str(tmp_path)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert refused.returncode == 1 and "set --api_key" in refused.stderr.strip().splitlines()[-1]
