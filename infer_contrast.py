@@ -1,9 +1,9 @@
 """Compare two recordings: are they the same person?
 
 Usage:
-    python infer_contrast.py --audio_path1=audio/a_1.wav --audio_path2=audio/a_2.wav
-    python infer_contrast.py --audio_path1=audio/a_1.wav --audio_path2=audio/b_2.wav --threshold 0.4 --json_path out.json
-    python infer_contrast.py --audio_path1=audio/a_1.wav --audio_path2=audio/a_2.wav --audio_db audio_db  # its threshold
+    python infer_contrast.py --audio_path1=audio/a1.wav --audio_path2=audio/a2.wav
+    python infer_contrast.py --audio_path1=audio/a1.wav --audio_path2=audio/b2.wav --threshold 0.4 --json_path out.json
+    python infer_contrast.py --audio_path1=audio/a1.wav --audio_path2=audio/a2.wav --audio_db audio_db  # its threshold
 
 Both whole recordings are embedded; the score is their cosine similarity. They are called the same person
 when score >= threshold; the default threshold is the EER threshold stored in the model file.
@@ -25,8 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     # data
-    parser.add_argument("--audio_path1", default="audio/a_1.wav", help="first recording")
-    parser.add_argument("--audio_path2", default="audio/b_2.wav", help="second recording")
+    parser.add_argument("--audio_path1", default="audio/a1.wav", help="first recording")
+    parser.add_argument("--audio_path2", default="audio/b2.wav", help="second recording")
     # model
     parser.add_argument("--model_path", default="models/voiceprint_resnet34.pt", help="inference model file")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

@@ -7,9 +7,9 @@ Usage:
     open http://127.0.0.1:8000/       the microphone page (register, recognise, compare)
     open http://127.0.0.1:8000/docs   the API (Swagger UI, served locally)
 
-    curl -F file1=@audio/a_1.wav -F file2=@audio/a_2.wav http://127.0.0.1:8000/contrast
-    curl -F name=alice -F files=@audio/a_1.wav http://127.0.0.1:8000/register     # files= may repeat
-    curl -F file=@audio/a_2.wav http://127.0.0.1:8000/recognize
+    curl -F file1=@audio/a1.wav -F file2=@audio/a2.wav http://127.0.0.1:8000/contrast
+    curl -F name=alice -F files=@audio/a1.wav http://127.0.0.1:8000/register     # files= may repeat
+    curl -F file=@audio/a2.wav http://127.0.0.1:8000/recognize
     curl http://127.0.0.1:8000/speakers
     curl -X DELETE http://127.0.0.1:8000/speakers/alice
 

@@ -5,8 +5,8 @@ English sentences; every clip is converted to 16 kHz mono 16-bit WAV with the
 leading and trailing silence cut. Synthesis is deterministic, so re-running the
 script reproduces the committed files byte for byte.
 
-    audio/a_1.wav audio/a_2.wav   voice a (two sentences, for "same person" demos)
-    audio/b_1.wav ... audio/d_2.wav
+    audio/a1.wav audio/a2.wav   voice a (two sentences, for "same person" demos)
+    audio/b1.wav ... audio/d2.wav
     audio_db/<voice>.wav          one enrolment clip per voice (a third sentence)
     audio/README.md               which file is which voice, licence, command
 
@@ -147,8 +147,8 @@ def readme_text(rows: list[tuple[str, str, str, float, int]], voices: dict[str, 
         "Try them (after training or downloading a model):",
         "",
         "```bash",
-        "python infer_contrast.py --audio_path1=audio/a_1.wav --audio_path2=audio/a_2.wav  # same person",
-        "python infer_contrast.py --audio_path1=audio/a_1.wav --audio_path2=audio/b_2.wav  # different people",
+        "python infer_contrast.py --audio_path1=audio/a1.wav --audio_path2=audio/a2.wav  # same person",
+        "python infer_contrast.py --audio_path1=audio/a1.wav --audio_path2=audio/b2.wav  # different people",
         "```",
         "",
         "## Licence",
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for letter, voice in voices.items():
                 texts = SENTENCES[letter]
-                targets = [f"audio/{letter}_1.wav", f"audio/{letter}_2.wav", f"audio_db/{voice}.wav"]
+                targets = [f"audio/{letter}1.wav", f"audio/{letter}2.wav", f"audio_db/{voice}.wav"]
                 for rel, text in zip(targets, texts, strict=True):
                     wav = trim_edges(synthesise(voice, text, Path(tmp)))
                     wav = (wav * (PEAK / float(np.max(np.abs(wav))))).astype(np.float32)

@@ -23,7 +23,7 @@ DEMO = ROOT / "audio"
 @pytest.fixture(scope="module")
 def onnx_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("onnx") / "bundled.onnx"
-    worst = export_onnx(BUNDLED, out, verify_files=[DEMO / "a_1.wav", DEMO / "b_1.wav"])
+    worst = export_onnx(BUNDLED, out, verify_files=[DEMO / "a1.wav", DEMO / "b1.wav"])
     assert out.is_file() and worst < 1e-4
     return out
 
@@ -51,7 +51,7 @@ def test_onnx_embedder_is_self_describing_and_gives_same_verdicts(embedders: tup
     assert onnx_embedder.feature_config == torch_embedder.feature_config
     assert onnx_embedder.info["model_config"] == torch_embedder.info["model_config"]
     assert onnx_embedder.embedding_dim == 256 and str(onnx_embedder.device) == "cpu"
-    for x, y, same in (("a_1", "a_2", True), ("a_1", "b_1", False)):
+    for x, y, same in (("a1", "a2", True), ("a1", "b1", False)):
         scores = []
         for e in embedders:
             ex, ey = e.embed_file(DEMO / f"{x}.wav"), e.embed_file(DEMO / f"{y}.wav")
@@ -60,7 +60,7 @@ def test_onnx_embedder_is_self_describing_and_gives_same_verdicts(embedders: tup
         assert scores[0] == pytest.approx(scores[1], abs=1e-4)
         assert (scores[0] >= torch_embedder.threshold) is same
         assert (scores[1] >= onnx_embedder.threshold) is same
-    batch, errors = onnx_embedder.embed_files([DEMO / "c_1.wav", DEMO / "b_1.wav"])
+    batch, errors = onnx_embedder.embed_files([DEMO / "c1.wav", DEMO / "b1.wav"])
     assert batch.shape == (2, 256) and errors == [None, None]
 
 
@@ -79,7 +79,7 @@ def test_mismatching_export_fails_and_writes_nothing(
     monkeypatch.setattr(module, "export_backbone", lambda *args: proto.SerializeToString())
     out = tmp_path / "never.onnx"
     with pytest.raises(CheckpointError, match="differs from PyTorch.*not written"):
-        export_onnx(BUNDLED, out, verify_files=[DEMO / "a_1.wav"])
+        export_onnx(BUNDLED, out, verify_files=[DEMO / "a1.wav"])
     assert list(tmp_path.iterdir()) == []
 
 

@@ -22,7 +22,7 @@ from utils.checkpoint import atomic_torch_save, load_torch_file
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "voiceprint_resnet34.pt"
-DEMO = sorted((ROOT / "audio").glob("*.wav"))  # {a,b,c,d}_{1,2}.wav: the letter is the voice
+DEMO = sorted((ROOT / "audio").glob("*.wav"))  # {a,b,c}{1,2}.wav: the letter is the voice
 
 
 def start(args: list[str]) -> subprocess.Popen:
@@ -39,7 +39,7 @@ def start(args: list[str]) -> subprocess.Popen:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The command-line run (same pair), and every demo pair's score computed in-process while it runs."""
     tmp = tmp_path_factory.mktemp("contrast")
-    proc = start(["--audio_path1=audio/a_1.wav", "--audio_path2=audio/a_2.wav", f"--json_path={tmp / 'same.json'}"])
+    proc = start(["--audio_path1=audio/a1.wav", "--audio_path2=audio/a2.wav", f"--json_path={tmp / 'same.json'}"])
     from utils.embedder import Embedder
 
     embedder = Embedder(MODEL, device="cpu")
@@ -74,7 +74,7 @@ def test_cli_same_pair(demo: dict) -> None:
     line, speech_line, model_line = out.strip().splitlines()  # the answer, how much speech, which model
     assert re.fullmatch(r"speech used: \d+\.\d s and \d+\.\d s", speech_line), speech_line
     assert model_line.startswith("model: models/voiceprint_resnet34.pt (resnet34 width 16")
-    assert line.startswith("audio/a_1.wav and audio/a_2.wav are the same person, similarity: ")
+    assert line.startswith("audio/a1.wav and audio/a2.wav are the same person, similarity: ")
     assert line.endswith(f"(threshold {demo['threshold']:.3f})")
     result = json.loads((demo["tmp"] / "same.json").read_text())
     assert set(result) == {
@@ -88,23 +88,23 @@ def test_cli_same_pair(demo: dict) -> None:
         "probability_same",
     }
     assert result["probability_same"] is None  # the bundled model carries no score calibration
-    for key, path in (("speech1", "audio/a_1.wav"), ("speech2", "audio/a_2.wav")):
+    for key, path in (("speech1", "audio/a1.wav"), ("speech2", "audio/a2.wav")):
         seconds = sf.info(str(ROOT / path)).duration
         assert result[key]["seconds"] == pytest.approx(seconds, abs=0.01)
         assert 0.3 * seconds < result[key]["speech_seconds"] <= seconds + 0.01
         assert f"{result[key]['speech_seconds']:.1f} s" in speech_line
     assert result["same_speaker"] is True
-    assert (result["audio_path1"], result["audio_path2"]) == ("audio/a_1.wav", "audio/a_2.wav")
+    assert (result["audio_path1"], result["audio_path2"]) == ("audio/a1.wav", "audio/a2.wav")
     assert result["threshold"] == pytest.approx(demo["threshold"])  # the threshold stored in the model file
-    assert result["score"] == pytest.approx(demo["scores"][("a_1.wav", "a_2.wav")], abs=1e-5)
+    assert result["score"] == pytest.approx(demo["scores"][("a1.wav", "a2.wav")], abs=1e-5)
     assert f"similarity: {result['score']:.4f}" in line
 
 
 def test_different_pair(demo: dict, capsys: pytest.CaptureFixture[str]) -> None:
-    out = run_main(["--audio_path1=audio/a_1.wav", "--audio_path2=audio/b_2.wav"], capsys)
-    score = demo["scores"][("a_1.wav", "b_2.wav")]
+    out = run_main(["--audio_path1=audio/a1.wav", "--audio_path2=audio/b2.wav"], capsys)
+    score = demo["scores"][("a1.wav", "b2.wav")]
     expected = (
-        f"audio/a_1.wav and audio/b_2.wav are not the same person, similarity: {score:.4f} "
+        f"audio/a1.wav and audio/b2.wav are not the same person, similarity: {score:.4f} "
         f"(threshold {demo['threshold']:.3f})"
     )
     assert out.strip().splitlines()[0] == expected
@@ -113,7 +113,7 @@ def test_different_pair(demo: dict, capsys: pytest.CaptureFixture[str]) -> None:
 def test_demo_same_voice_pairs_accepted(demo: dict) -> None:
     scores, threshold = demo["scores"], demo["threshold"]
     for voice in "abc":
-        assert scores[(f"{voice}_1.wav", f"{voice}_2.wav")] >= threshold, voice
+        assert scores[(f"{voice}1.wav", f"{voice}2.wav")] >= threshold, voice
 
 
 def test_demo_pairs_separable(demo: dict) -> None:
@@ -132,7 +132,7 @@ def test_demo_all_pairs_at_stored_threshold(demo: dict) -> None:
 
 
 def test_threshold_option_overrides_model(capsys: pytest.CaptureFixture[str]) -> None:
-    out = run_main(["--audio_path1=audio/a_1.wav", "--audio_path2=audio/a_2.wav", "--threshold", "0.99"], capsys)
+    out = run_main(["--audio_path1=audio/a1.wav", "--audio_path2=audio/a2.wav", "--threshold", "0.99"], capsys)
     assert "are not the same person" in out and "(threshold 0.990)" in out
 
 
@@ -140,7 +140,7 @@ def test_model_without_threshold_falls_back(tmp_path: Path, capsys: pytest.Captu
     blob = load_torch_file(MODEL)
     blob["operating_points"]["verification"] = None
     atomic_torch_save(blob, tmp_path / "model.pt")
-    argv = ["--audio_path1=audio/a_1.wav", "--audio_path2=audio/b_2.wav", f"--model_path={tmp_path / 'model.pt'}"]
+    argv = ["--audio_path1=audio/a1.wav", "--audio_path2=audio/b2.wav", f"--model_path={tmp_path / 'model.pt'}"]
     with pytest.warns(UserWarning, match="stores no verification threshold; using 0.5"):
         out = run_main([*argv, f"--json_path={tmp_path / 'r.json'}"], capsys)
     assert "(threshold 0.500)" in out
@@ -177,7 +177,7 @@ def test_bad_audio_is_one_line_error(tmp_path: Path, which: str) -> None:
     if which == "broken":
         path.write_bytes(b"RIFF....WAVEfmt garbage")
     proc = subprocess.run(
-        [sys.executable, "infer_contrast.py", "--audio_path1=audio/a_1.wav", f"--audio_path2={path}"],
+        [sys.executable, "infer_contrast.py", "--audio_path1=audio/a1.wav", f"--audio_path2={path}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -199,7 +199,7 @@ def test_missing_model_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureF
 def test_default_model_found_from_another_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     # `python /path/to/infer_contrast.py ...` from elsewhere: the default models/... is the project's
     monkeypatch.chdir(tmp_path)
-    infer_contrast.main(["--audio_path1", str(ROOT / "audio" / "a_1.wav"), "--audio_path2", str(DEMO[1])])
+    infer_contrast.main(["--audio_path1", str(ROOT / "audio" / "a1.wav"), "--audio_path2", str(DEMO[1])])
     assert "are the same person" in capsys.readouterr().out.splitlines()[0]
     # a relative path that exists neither here nor in the project is still reported as missing
     with pytest.raises(SystemExit):

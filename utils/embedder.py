@@ -2,8 +2,8 @@
 
     from utils.embedder import Embedder
     embedder = Embedder("models/voiceprint_resnet34.pt")
-    a = embedder.embed_file("audio/a_1.wav")
-    b = embedder.embed_file("audio/a_2.wav")
+    a = embedder.embed_file("audio/a1.wav")
+    b = embedder.embed_file("audio/a2.wav")
     score = float(a @ b)   # cosine similarity; same speaker when >= embedder.threshold
 
 The whole recording is used (the original only looked at its first 2.6 s).
