@@ -21,6 +21,8 @@ Writes to --list_dir:
 
 Every file is decoded once (in parallel) and rejected when it is unreadable,
 non-finite, silent or shorter than --min_duration; a bad file never stops the run.
+With --check_speech the speech detector (silero-vad) also skips files that hold
+(almost) no speech: noise, music, tones, empty takes.
 """
 
 from __future__ import annotations
@@ -40,7 +42,16 @@ from typing import NamedTuple
 import numpy as np
 import soundfile as sf
 
-from utils.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioError, audio_info, format_short_seconds, load_audio
+from utils.audio import (
+    AUDIO_EXTENSIONS,
+    SAMPLE_RATE,
+    AudioError,
+    analyse_speech,
+    audio_info,
+    format_short_seconds,
+    load_audio,
+    resample,
+)
 from utils.config import HelpFormatter, fail, print_arguments, save_arguments
 from utils.errors import UserError, run_cli
 
@@ -90,6 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--trust_duration",
         action="store_true",
         help="zhvoice: skip files whose duration_ms is below --min_duration without decoding them",
+    )
+    parser.add_argument(
+        "--check_speech",
+        type=float,
+        nargs="?",
+        const=0.5,
+        default=None,
+        metavar="SECONDS",
+        help="also run the speech detector (silero-vad) on every file and skip those with less net speech than "
+        "SECONDS (default when given: 0.5): noise, music, tones, empty takes (about 0.003 s per second of audio)",
     )
     parser.add_argument(
         "--num_workers", type=int, default=os.cpu_count() or 1, help="processes checking files (0 or 1: no pool)"
@@ -321,6 +342,7 @@ class Task(NamedTuple):
     min_seconds: float
     target: str | None
     delete_source: bool
+    min_speech: float | None = None  # --check_speech: net speech (silero-vad) a file needs, seconds
 
 
 class Result(NamedTuple):
@@ -366,10 +388,23 @@ def check_file(task: Task) -> Result:
         return Result(task.index, "too short", detail, seconds, path, None, "")
     if float(np.max(np.abs(wav))) < SILENCE_PEAK:
         return Result(task.index, "silent", f"peak below {SILENCE_PEAK:g}", seconds, path, None, "")
+    if task.min_speech is not None:
+        speech = speech_seconds(wav, rate)
+        if speech < task.min_speech:
+            detail = f"{speech:.1f} s of speech by silero-vad in {seconds:.1f} s (need at least {task.min_speech:g} s)"
+            return Result(task.index, "no speech", detail, seconds, path, None, "")
     if task.target is None:
         return Result(task.index, None, "", seconds, path, None, "")
     final, conversion, detail = convert(path, task.target, wav, task.delete_source)
     return Result(task.index, None, "", seconds, final, conversion, detail)
+
+
+def speech_seconds(wav: np.ndarray, rate: int) -> float:
+    """Net speech in a recording by silero-vad (utils.audio.analyse_speech, as inference measures it)."""
+    import torch
+
+    torch.set_num_threads(1)  # one detector per worker process: the pool is the parallelism
+    return analyse_speech(resample(wav, rate, SAMPLE_RATE)).speech_seconds
 
 
 def _is_conversion(path: str, num_samples: int) -> bool:
@@ -495,6 +530,8 @@ def validate(args: argparse.Namespace) -> tuple[list[str], re.Pattern[str] | Non
         raise DataError(
             f"--dataset_format takes one value or one per --dataset_dir ({len(dirs)}), got {len(args.dataset_format)}"
         )
+    if args.check_speech is not None and not (0 <= args.check_speech < 1e6):
+        raise DataError(f"--check_speech must be 0 or more seconds, got {args.check_speech}")
     for d in dirs:
         if not os.path.isdir(d):
             raise DataError(f"dataset dir not found: {d}" if not os.path.exists(d) else f"not a directory: {d}")
@@ -593,7 +630,7 @@ def check_items(args: argparse.Namespace, formats: list[str], items: list, skips
             continue
         if args.convert_to_wav:
             item.target = wav_target(item, dirs[tags.index(item.tag)], args.wav_dir, multi)
-        tasks.append(Task(index, item.path, args.min_duration, item.target, args.delete_source))
+        tasks.append(Task(index, item.path, args.min_duration, item.target, args.delete_source, args.check_speech))
     desc = "checking + converting" if args.convert_to_wav else "checking"
     results = run_checks(tasks, args.num_workers, desc)
     rows: list[tuple[str, str, float]] = []  # (list path, speaker, seconds)

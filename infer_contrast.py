@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def library_threshold(audio_db: str, embedder: object, default: float) -> float:
-    """The library's calibrated 1:1 threshold (said out loud when there is none)."""
+def library_calibration(audio_db: str, embedder: object) -> object | None:
+    """The library's calibration (utils.calibration.LibraryCalibration; said out loud when there is none)."""
     from pathlib import Path
 
     from utils.calibration import load_calibration
@@ -61,8 +61,7 @@ def library_threshold(audio_db: str, embedder: object, default: float) -> float:
     if calibration is None:
         print(f"warning: {audio_db} is not calibrated for this model (infer_recognition.py --calibrate): "
               "using the model's threshold")  # fmt: skip
-        return default
-    return calibration.verification
+    return calibration
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -89,13 +88,14 @@ def main(argv: list[str] | None = None) -> None:
     try:
         embedder = Embedder(args.model_path, device=args.device)
         threshold = embedder.operating_points.resolve("verification", args.threshold)
-        if args.audio_db and args.threshold is None:
-            threshold = library_threshold(args.audio_db, embedder, threshold)
+        calibration = library_calibration(args.audio_db, embedder) if args.audio_db and args.threshold is None else None
         # compare
         emb1, speech1 = embedder.embed_file_report(args.audio_path1)
         emb2, speech2 = embedder.embed_file_report(args.audio_path2)
     except (AudioError, CheckpointError) as exc:
         fail(str(exc))
+    if calibration is not None:  # the library measured its threshold by length: the shorter side decides
+        threshold = calibration.verification_at(min(speech1.speech_seconds, speech2.speech_seconds))
     score = float(emb1 @ emb2)  # both are unit length
     same = score >= threshold
     verdict = "are the same person" if same else "are not the same person"

@@ -131,10 +131,14 @@ def _run(args: argparse.Namespace) -> int:
     embedder = Embedder(args.model_path, device=args.device)
     db = SpeakerDB(args.audio_db, embedder, threshold=args.threshold)
 
+    by_length = ""
+    if db.calibration is not None and db.calibration.by_speech and args.threshold is None:
+        by_length = ", calibrated by length: lower for short recordings"
+
     def about() -> None:  # what answered: the library and the model
         print(
             f"library {args.audio_db}: {_count(len(db), 'speaker')}, {_recordings(sum(db.counts().values()))}, "
-            f"{_count(db.embedded_at_load, 'new recording')} embedded (threshold {db.threshold:.2f})"
+            f"{_count(db.embedded_at_load, 'new recording')} embedded (threshold {db.threshold:.2f}{by_length})"
         )
         print(describe_model(embedder.model_path, embedder.info))
 

@@ -298,6 +298,14 @@ class Service:
     recognition_threshold: float
     model_slot: threading.BoundedSemaphore
     db_lock: threading.RLock = field(default_factory=threading.RLock)
+    threshold_given: bool = False  # --threshold: calibration never replaces it
+
+    def contrast_threshold(self, speech_seconds: float) -> float:
+        """The 1:1 threshold for a pair whose shorter recording holds `speech_seconds` of speech: a calibrated
+        library measured it by length, otherwise the one threshold."""
+        if self.threshold_given or getattr(self.db, "calibration", None) is None:
+            return self.threshold
+        return float(self.db.verification_threshold_for(speech_seconds))
 
     def read_upload(self, upload: UploadFile, field: str, min_seconds: float = MIN_SPEECH_SECONDS) -> Recording:
         """An uploaded file as checked 16 kHz mono speech with its SpeechReport (utils.audio.prepare_recording,
@@ -388,7 +396,8 @@ def contrast(
 
         calibration = ScoreCalibration.from_dict(svc.embedder.operating_points.calibration)
         probability = float(calibration.probability(score, speech1.seconds, speech2.seconds))
-    return {"score": score, "threshold": svc.threshold, "same_speaker": score >= svc.threshold,
+    threshold = svc.contrast_threshold(min(speech1.speech_seconds, speech2.speech_seconds))
+    return {"score": score, "threshold": threshold, "same_speaker": score >= threshold,
             "probability_same": probability, "speech": [speech1.to_dict(), speech2.to_dict()]}  # fmt: skip
 
 
@@ -404,9 +413,9 @@ def register(
     if len(files) > MAX_REGISTER_FILES:
         raise HTTPException(400, f"at most {MAX_REGISTER_FILES} files per registration, got {len(files)}")
     # all decoded and checked first (named by file), so one bad file registers nothing
-    wavs = [svc.read_upload(f, "files", MIN_REGISTER_SECONDS).wav for f in files]
+    recordings = [svc.read_upload(f, "files", MIN_REGISTER_SECONDS) for f in files]
     with svc.db_lock, svc.model_slot:
-        enrolment = svc.db.enrol(name, wavs, sample_rate=SAMPLE_RATE)
+        enrolment = svc.db.enrol(name, recordings)  # checked once here: the library does not detect speech again
     return enrolment.to_dict()
 
 
@@ -432,7 +441,7 @@ def recognize(svc: ServiceDep, file: Annotated[UploadFile, File(description="rec
         "runner_up": result.runner_up,
         "runner_up_score": None if result.runner_up_score is None else float(result.runner_up_score),
         "best": result.best,
-        "threshold": svc.recognition_threshold,
+        "threshold": float(result.threshold),  # a library calibrated by length: this recording's
         "speech": result.speech.to_dict() if result.speech is not None else None,
     }
 
@@ -524,6 +533,7 @@ def create_app(
             else embedder.operating_points.resolve("verification", None)
         ),  # fmt: skip
         recognition_threshold=float(db.threshold),
+        threshold_given=threshold is not None,
         model_slot=threading.BoundedSemaphore(inference_slots),
     )
     app.add_middleware(_BodyLimit, limit_for=lambda path: _request_limit(path, max_upload_mb))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from utils.calibration import CALIBRATION_NAME, CalibrationError, calibrate_library, gaussian_eer_threshold
+from utils.calibration import (
+    CALIBRATION_NAME,
+    CalibrationError,
+    LibraryCalibration,
+    Piece,
+    calibrate_library,
+    gaussian_eer_threshold,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,6 +49,34 @@ def test_calibrate_library_separates_speakers_and_counts_trials() -> None:
     assert not calibration.steady and "add recordings" in calibration.describe()
 
 
+def test_short_pieces_get_their_own_lower_thresholds() -> None:
+    # whole recordings sit close to their speaker; 1 s pieces of them scatter more (less speech, lower scores)
+    emb, speakers = clustered(3, 5, spread=0.4)
+    rng = np.random.default_rng(1)
+    pieces = {}
+    for cut, spread in ((1.0, 1.2), (2.0, 0.8)):
+        noisy = [e + spread * rng.standard_normal(64) / 8 for e in emb for _ in range(3)]
+        pieces[cut] = [Piece(v / np.linalg.norm(v), k // 3, cut * 0.8) for k, v in enumerate(noisy)]
+    calibration = calibrate_library(emb, speakers, pieces=pieces, speech_seconds=[6.0] * len(emb))
+    seconds = [row[0] for row in calibration.by_speech]
+    assert seconds == [0.8, 1.6, 6.0]
+    short, middle, whole = calibration.by_speech
+    assert short[1] < middle[1] < whole[1] and short[2] < whole[2]  # 1:1 and 1:N both fall with less speech
+    assert whole[1:] == (calibration.verification, calibration.identification)
+    # a recording with 1.6 s of speech is judged at the 1.6 s row; between rows: in between; beyond: the ends
+    assert calibration.verification_at(1.6) == pytest.approx(middle[1], abs=1e-4)
+    assert short[1] < calibration.verification_at(1.1) < middle[1]
+    assert calibration.identification_at(30.0) == calibration.identification
+    assert (
+        calibration.verification_at(0.1) == short[1] and calibration.verification_at(None) == calibration.verification
+    )
+    # stored and read back as the same table
+    assert LibraryCalibration.from_dict(json.loads(json.dumps(calibration.to_dict()))) == calibration
+    bad = {**calibration.to_dict(), "by_speech": [[1.0, float("nan"), 0.5]]}
+    with pytest.raises(ValueError, match="by_speech"):
+        LibraryCalibration.from_dict(bad)
+
+
 def test_calibrate_library_needs_two_speakers_with_two_recordings() -> None:
     emb, speakers = clustered(2, 2, spread=0.5)
     with pytest.raises(CalibrationError, match="at least 2 speakers with 2 or more recordings"):
@@ -64,13 +100,22 @@ def test_cli_calibrate_stores_and_uses_thresholds(shared_data: Path, tmp_path: P
     assert stored == json.loads((tmp_path / "c.json").read_text())
     # a later recognition uses the library's threshold
     probe = sorted((shared_data / "librispeech" / "dev-clean" / "1272").rglob("*.mp3"))[5]
-    again = subprocess.run([*run, "--recognize", str(probe)], cwd=ROOT, capture_output=True, text=True)
-    assert f"(threshold {stored['identification']:.2f})" in again.stdout, again.stdout
-    # infer_contrast.py --audio_db takes the library's 1:1 threshold
+    again = subprocess.run([*run, "--recognize", str(probe), "--json_path", str(tmp_path / "r.json")], cwd=ROOT,
+                           capture_output=True, text=True)  # fmt: skip
+    assert "calibrated by length" in again.stdout, again.stdout + again.stderr
+    calibration = LibraryCalibration.from_dict(stored)
+    assert len(calibration.by_speech) >= 3, stored  # whole recordings plus pieces of 0.5 s and more
+    recognised = json.loads((tmp_path / "r.json").read_text())
+    recognised = recognised[0] if isinstance(recognised, list) else recognised
+    expected = calibration.identification_at(recognised["speech_seconds"])
+    assert recognised["threshold"] == pytest.approx(expected, abs=0.002) and recognised["name"] == "1272"
+    # infer_contrast.py --audio_db takes the library's 1:1 threshold for that much speech
     contrast = subprocess.run([sys.executable, "infer_contrast.py", "--audio_path1", str(probe), "--audio_path2",
                                str(probe), "--audio_db", str(db), "--device", "cpu"], cwd=ROOT, capture_output=True,
                               text=True)  # fmt: skip
-    assert f"(threshold {stored['verification']:.3f})" in contrast.stdout, contrast.stdout + contrast.stderr
+    seconds = float(re.search(r"speech used: ([\d.]+) s", contrast.stdout).group(1))
+    shown = float(re.search(r"\(threshold ([\d.]+)\)", contrast.stdout).group(1))
+    assert shown == pytest.approx(calibration.verification_at(seconds), abs=0.01), contrast.stdout + contrast.stderr
     # too few recordings: one line, exit 1
     single = subprocess.run([sys.executable, "infer_recognition.py", "--audio_db", str(tmp_path / "empty"),
                              "--calibrate", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip

@@ -426,3 +426,31 @@ def test_default_split_holds_out_two_speakers(
     _, err = run_main(["--dataset_dir", str(dev_folder), "--dataset_format", "folder", "--list_dir",
                        str(tmp_path / "b")], capsys)  # fmt: skip
     assert "only 1 test speaker" in err  # 3 speakers: 2 for training, 1 for test, and the user is told
+
+
+def test_check_speech_skips_noise_tones_and_hum(
+    dev_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    t = np.arange(3 * 16000) / 16000
+    fakes = {
+        "84/noise.wav": np.random.default_rng(0).normal(0, 0.1, len(t)),
+        "174/tone.wav": 0.3 * np.sin(2 * np.pi * 440 * t),
+        "251/hum.wav": 0.2 * np.sin(2 * np.pi * 50 * t) + 0.05,
+    }
+    for rel, wav in fakes.items():
+        sf.write(dev_folder / rel, wav.astype(np.float32), 16000)
+    base = ["--dataset_dir", str(dev_folder), "--dataset_format", "folder", "--test_mode", "none"]
+    # without the flag nothing judges speech: the fakes are listed like recordings
+    run_main([*base, "--list_dir", str(tmp_path / "plain")], capsys)
+    assert len(read_list(tmp_path / "plain" / "train_list.txt")) == 15
+    out, _ = run_main([*base, "--list_dir", str(tmp_path / "checked"), "--check_speech"], capsys)
+    kept = read_list(tmp_path / "checked" / "train_list.txt")
+    skipped = read_skipped(tmp_path / "checked" / "skipped.txt")
+    assert len(kept) == 12 and not any(Path(path).name in {"noise.wav", "tone.wav", "hum.wav"} for path, _ in kept)
+    assert {Path(p).name for p in skipped} == {"noise.wav", "tone.wav", "hum.wav"}
+    assert all(reason.startswith("no speech: ") and "silero-vad" in reason for reason in skipped.values())
+    assert "skipped 3 (no speech: 3)" in out
+    # a bar the real recordings cannot pass skips them too (the value is used, not just the flag)
+    strict = run_fail([*base, "--list_dir", str(tmp_path / "strict"), "--check_speech", "60"], capsys)
+    assert "no usable audio left" in strict
+    assert "--check_speech must be 0 or more" in run_fail([*base, "--check_speech", "-1"], capsys)

@@ -6,6 +6,7 @@ fighting other processes are ~10x slower than one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -147,7 +148,7 @@ def test_register_recognize_unknown_remove(tmp_path: Path, embedder, speech) -> 
         assert result.name is None, (stranger, result)
         assert result.score < db.threshold and result.best in SPEAKERS
     unknown = db.recognize(speech["strangers"][0]).to_dict()
-    assert set(unknown) == {"name", "score", "runner_up", "runner_up_score", "best", "speech_seconds"}
+    assert set(unknown) == {"name", "score", "runner_up", "runner_up_score", "best", "threshold", "speech_seconds"}
     assert 1.0 < unknown["speech_seconds"] <= sf.info(str(speech["strangers"][0])).duration
     assert unknown["name"] is None and unknown["best"] in SPEAKERS and unknown["best"] != unknown["runner_up"]
 
@@ -366,3 +367,26 @@ def test_refresh_sees_other_processes_changes_only(tmp_path: Path, embedder, spe
     assert server_side.counts() == {"1272": 2}
     other.remove("1272")
     assert server_side.refresh() == 0 and "1272" not in server_side and len(server_side) == 0
+
+
+def test_enrolment_detects_speech_once_per_recording(tmp_path: Path, embedder, speech, monkeypatch) -> None:
+    """The detector is the costly check: a file is checked once, and a Recording a caller (the server)
+    has already prepared is not checked again; the stored 16-bit copy is what gets embedded."""
+    import utils.audio as audio
+
+    calls = []
+    real = audio.analyse_speech
+    monkeypatch.setattr(audio, "analyse_speech", lambda wav: calls.append(len(wav)) or real(wav))
+    db = SpeakerDB(tmp_path / "db", embedder)
+    db.enrol("alice", [speech["1272"][0], speech["1272"][1]])
+    assert len(calls) == 2
+    prepared = audio.prepare_recording(speech["1272"][2])
+    calls.clear()
+    enrolment = db.enrol("alice", [prepared])
+    assert calls == [] and enrolment.count == 3 and enrolment.reports == [prepared.report]
+    stored = sorted((tmp_path / "db" / "alice").glob("*.wav"))
+    again = SpeakerDB(tmp_path / "db", embedder)  # re-embedding the files gives the cached vectors
+    assert np.allclose(again.voiceprint("alice"), db.voiceprint("alice"), atol=1e-5) and len(stored) == 3
+    with pytest.raises(AudioError, match="too little speech"):
+        short = audio.Recording(prepared.wav[:8000], dataclasses.replace(prepared.report, speech_seconds=0.4))
+        db.enrol("alice", [short])

@@ -12,6 +12,13 @@ Each threshold is the equal-error point of normal distributions fitted to the tw
 few trials a library has, the empirical EER threshold sits on the edge of the gap between the classes
 (often the lowest genuine score, far too lenient for strangers); the fitted point sits inside the gap,
 weighted by how spread each side is. Needs at least 2 speakers with 2 or more recordings each.
+
+Short recordings score lower for the same person than long ones, so one threshold measured on whole
+enrolment recordings is too strict for a 0.5 s test clip. The recordings are therefore also cut into
+pieces of 0.5, 1, 2, 4 and 8 s and both thresholds are measured again on the pieces (pieces of one
+recording are never a same-speaker pair: they share the session). Each row of `by_speech` is (net speech
+seconds of the pieces, 1:1, 1:N); a trial's threshold is interpolated at its net speech seconds
+(`verification_at`, `identification_at`; for a pair, the shorter side).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from utils.errors import UserError
 
 CALIBRATION_NAME = ".voiceprint_calibration.json"
 STEADY_TRIALS = 30  # fewer same-speaker trials than this: the estimate moves with every new recording
+PIECE_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0)  # recordings are also measured cut to these lengths
 
 
 class CalibrationError(UserError, ValueError):
@@ -52,6 +60,22 @@ class LibraryCalibration:
     identification_trials: tuple[int, int]
     model: str = ""  # fingerprint of the model whose embeddings were scored
     created: str = ""
+    by_speech: tuple[tuple[float, float, float], ...] = ()  # (net speech seconds, 1:1, 1:N), ascending
+
+    def verification_at(self, speech_seconds: float | None) -> float:
+        """The 1:1 threshold for a pair whose shorter recording holds `speech_seconds` of speech."""
+        return self._at(speech_seconds, 1, self.verification)
+
+    def identification_at(self, speech_seconds: float | None) -> float:
+        """The 1:N threshold for a recording holding `speech_seconds` of speech."""
+        return self._at(speech_seconds, 2, self.identification)
+
+    def _at(self, speech_seconds: float | None, column: int, whole: float) -> float:
+        if not self.by_speech or speech_seconds is None or not math.isfinite(speech_seconds):
+            return whole
+        x = np.log([max(row[0], 0.05) for row in self.by_speech])
+        y = [row[column] for row in self.by_speech]
+        return round(float(np.interp(math.log(max(speech_seconds, 0.05)), x, y)), 4)
 
     @property
     def steady(self) -> bool:
@@ -64,6 +88,9 @@ class LibraryCalibration:
             f"1:1 threshold {self.verification:.3f} ({v[0]} same-speaker / {v[1]} different-speaker pairs), "
             f"1:N threshold {self.identification:.3f} ({i[0]} / {i[1]} recording-to-voiceprint trials)"
         )
+        if self.by_speech:
+            rows = ", ".join(f"{s:.1f} s: {v:.3f} / {i:.3f}" for s, v, i in self.by_speech)
+            text += f"; by net speech seconds (1:1 / 1:N): {rows}"
         if not self.steady:
             text += f"; fewer than {STEADY_TRIALS} same-speaker trials: add recordings for a steadier estimate"
         return text
@@ -77,15 +104,36 @@ class LibraryCalibration:
         for key in ("verification", "identification"):
             if not (isinstance(values[key], (int, float)) and math.isfinite(values[key])):
                 raise ValueError(f"invalid {key} threshold {values[key]!r}")
+        rows = tuple(tuple(float(v) for v in row) for row in data.get("by_speech", ()))
+        if any(len(row) != 3 or not all(math.isfinite(v) for v in row) for row in rows):
+            raise ValueError(f"invalid by_speech table {data.get('by_speech')!r}")
         return cls(
             float(values["verification"]), float(values["identification"]), int(values["speakers"]),
             int(values["recordings"]), tuple(data["verification_trials"]), tuple(data["identification_trials"]),
-            str(data.get("model", "")), str(data.get("created", "")),
+            str(data.get("model", "")), str(data.get("created", "")), tuple(sorted(rows)),
         )  # fmt: skip
 
 
-def calibrate_library(embeddings: np.ndarray, speakers: list[str], model: str = "") -> LibraryCalibration:
-    """Both thresholds from the library's recordings: `embeddings` (N, D) L2-normalised, `speakers` (N,)."""
+@dataclass(frozen=True)
+class Piece:
+    """A cut of enrolled recording `recording` (an index into calibrate_library's embeddings)."""
+
+    embedding: np.ndarray
+    recording: int
+    speech_seconds: float
+
+
+def calibrate_library(
+    embeddings: np.ndarray,
+    speakers: list[str],
+    model: str = "",
+    pieces: dict[float, list[Piece]] | None = None,
+    speech_seconds: list[float] | None = None,
+) -> LibraryCalibration:
+    """Both thresholds from the library's recordings: `embeddings` (N, D) L2-normalised, `speakers` (N,).
+
+    With `pieces` ({cut length: pieces}) and the recordings' own `speech_seconds`, also the thresholds by
+    net speech seconds (see the module docstring)."""
     emb = np.asarray(embeddings, dtype=np.float64)
     names = sorted(set(speakers))
     labels = np.array([names.index(s) for s in speakers], dtype=np.int64)
@@ -116,6 +164,13 @@ def calibrate_library(embeddings: np.ndarray, speakers: list[str], model: str = 
             score = float(vector @ voiceprint / (np.linalg.norm(voiceprint) + 1e-12))
             (target if own else nontarget).append(score)
     identification = gaussian_eer_threshold(np.array(target), np.array(nontarget))
+    rows = []
+    if pieces and speech_seconds is not None and len(speech_seconds) == len(emb):
+        rows.append((float(np.median(speech_seconds)), verification, identification))
+        for cut in sorted(pieces):
+            row = _piece_thresholds(pieces[cut], emb, labels, sums)
+            if row is not None and row[0] < rows[0][0]:  # pieces as long as whole recordings add nothing
+                rows.append(row)
     return LibraryCalibration(
         verification=round(verification, 4),
         identification=round(identification, 4),
@@ -125,6 +180,42 @@ def calibrate_library(embeddings: np.ndarray, speakers: list[str], model: str = 
         identification_trials=(len(target), len(nontarget)),
         model=model,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
+        by_speech=tuple(sorted((round(s, 2), round(v, 4), round(i, 4)) for s, v, i in rows)),
+    )
+
+
+def _piece_thresholds(
+    pieces: list[Piece], whole: np.ndarray, labels: np.ndarray, sums: np.ndarray
+) -> tuple[float, float, float] | None:
+    """(median net speech seconds, 1:1, 1:N) measured on pieces of one length, or None when too few trials.
+
+    1:1: pairs of pieces from different recordings; 1:N: each piece against every voiceprint, its own
+    speaker's built without the recording the piece was cut from (`whole`: the recordings' embeddings)."""
+    if len(pieces) < 4:
+        return None
+    emb = np.stack([p.embedding for p in pieces]).astype(np.float64)
+    recording = np.array([p.recording for p in pieces])
+    speaker = labels[recording]
+    upper = np.triu_indices(len(emb), k=1)
+    scores = (emb @ emb.T)[upper]
+    same = speaker[upper[0]] == speaker[upper[1]]
+    target_pairs = scores[same & (recording[upper[0]] != recording[upper[1]])]
+    counts = np.bincount(labels, minlength=len(sums))
+    target, nontarget = [], []
+    for vector, rec, spk in zip(emb, recording, speaker):
+        for k in range(len(sums)):
+            own = k == spk
+            if own and counts[k] < 2:
+                continue
+            voiceprint = sums[k] - whole[rec] if own else sums[k]
+            score = float(vector @ voiceprint / (np.linalg.norm(voiceprint) + 1e-12))
+            (target if own else nontarget).append(score)
+    if len(target_pairs) < 2 or not len(scores[~same]) or len(target) < 2 or not nontarget:
+        return None
+    return (
+        float(np.median([p.speech_seconds for p in pieces])),
+        gaussian_eer_threshold(target_pairs, scores[~same]),
+        gaussian_eer_threshold(np.array(target), np.array(nontarget)),
     )
 
 

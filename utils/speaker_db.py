@@ -55,14 +55,24 @@ import numpy as np
 
 from utils.audio import (
     AUDIO_EXTENSIONS,
+    MIN_SPEECH_SECONDS,
     SAMPLE_RATE,
     AudioError,
     Recording,
     SpeechReport,
     as_float_audio,
+    check_speech,
+    load_audio,
     prepare_recording,
 )
-from utils.calibration import LibraryCalibration, calibrate_library, load_calibration, save_calibration
+from utils.calibration import (
+    PIECE_SECONDS,
+    LibraryCalibration,
+    Piece,
+    calibrate_library,
+    load_calibration,
+    save_calibration,
+)
 from utils.errors import UserError
 from utils.operating_points import FALLBACK, OperatingPoints
 
@@ -148,6 +158,7 @@ class Recognition:
             "runner_up": self.runner_up,
             "runner_up_score": self.runner_up_score,
             "best": self.best,  # the top-ranked speaker, also when `name` is None (unknown)
+            "threshold": self.threshold,  # the one this recording was judged at (calibrated: by its length)
             "speech_seconds": None if self.speech is None else round(self.speech.speech_seconds, 3),
         }
 
@@ -224,6 +235,7 @@ class SpeakerDB:
         if self.calibration is not None:
             points = OperatingPoints(self.calibration.verification, self.calibration.identification, "this library")
         self.threshold = points.resolve("identification", threshold)
+        self._threshold_given = threshold is not None  # a user's threshold is not replaced by calibration
         # 1:1: how alike two recordings of one person must be (contrast, enrolment consistency checks)
         self.verification_threshold = points.verification if points.verification is not None else FALLBACK
         self._entries: dict[str, _Entry] = {}  # relative path -> entry
@@ -382,9 +394,23 @@ class SpeakerDB:
             emb, speech = self.embedder.embed_file_report(wav)
         else:
             emb, speech = self.embedder.embed_array_report(as_float_audio(wav), sample_rate)
-        return dataclasses.replace(self.recognize_embedding(emb), speech=speech)
+        seconds = None if speech is None else speech.speech_seconds
+        return dataclasses.replace(self.recognize_embedding(emb, seconds), speech=speech)
 
-    def recognize_embedding(self, emb: np.ndarray) -> Recognition:
+    def identification_threshold(self, speech_seconds: float | None = None) -> float:
+        """The 1:N threshold for a recording with this much net speech (calibrated libraries measure it by
+        length: short recordings score lower for the right speaker too)."""
+        if self.calibration is None or self._threshold_given:
+            return self.threshold
+        return self.calibration.identification_at(speech_seconds)
+
+    def verification_threshold_for(self, speech_seconds: float | None = None) -> float:
+        """The 1:1 threshold for a pair whose shorter recording holds this much net speech."""
+        if self.calibration is None:
+            return self.verification_threshold
+        return self.calibration.verification_at(speech_seconds)
+
+    def recognize_embedding(self, emb: np.ndarray, speech_seconds: float | None = None) -> Recognition:
         """Best and second-best speaker for one embedding: one matrix product, no loop over speakers."""
         snapshot = self._snapshot
         if not snapshot.names:
@@ -402,8 +428,9 @@ class SpeakerDB:
         score = float(scores[order[0]])
         runner_up = snapshot.names[order[1]] if len(order) > 1 else None
         runner_up_score = float(scores[order[1]]) if len(order) > 1 else None
-        name = best if score >= self.threshold else None
-        return Recognition(name, score, runner_up, runner_up_score, best=best, threshold=self.threshold)
+        threshold = self.identification_threshold(speech_seconds)
+        name = best if score >= threshold else None
+        return Recognition(name, score, runner_up, runner_up_score, best=best, threshold=threshold)
 
     def calibrate(self) -> LibraryCalibration:
         """Measure the 1:1 and 1:N thresholds on the enrolled recordings, store them in the library folder
@@ -413,12 +440,39 @@ class SpeakerDB:
         self.sync()
         entries = [e for e in self._entries.values() if e.embedding is not None]
         embeddings = np.stack([e.embedding for e in entries]) if entries else np.zeros((0, self._dim()))
-        calibration = calibrate_library(embeddings, [e.speaker for e in entries], model=self.fingerprint or "")
+        keys = [k for k, e in self._entries.items() if e.embedding is not None]
+        pieces, seconds = self._calibration_pieces(keys) if len(entries) else ({}, None)
+        calibration = calibrate_library(
+            embeddings, [e.speaker for e in entries], self.fingerprint or "", pieces, seconds
+        )
         with self._locked(write=True):
             save_calibration(self.root, calibration)
         self.calibration = calibration
         self.threshold, self.verification_threshold = calibration.identification, calibration.verification
         return calibration
+
+    def _calibration_pieces(self, keys: list[str]) -> tuple[dict[float, list[Piece]], list[float] | None]:
+        """Each enrolled recording cut into pieces of PIECE_SECONDS (those with speech, embedded), and each
+        recording's own net speech seconds; ({}, None) when a recording cannot be read back."""
+        pieces: dict[float, list[Piece]] = {cut: [] for cut in PIECE_SECONDS}
+        seconds = []
+        for index, key in enumerate(keys):
+            try:
+                wav = load_audio(self.root / key)
+                seconds.append(check_speech(wav, SAMPLE_RATE, MIN_SPEECH_SECONDS, key).speech_seconds)
+            except AudioError:
+                return {}, None
+            for cut in PIECE_SECONDS:
+                size = int(cut * SAMPLE_RATE)
+                for start in range(0, len(wav) - size + 1, size):
+                    piece = wav[start : start + size]
+                    try:
+                        report = check_speech(piece, SAMPLE_RATE, MIN_SPEECH_SECONDS)
+                    except AudioError:
+                        continue  # a pause: no piece
+                    embedding = self.embedder.embed_waveforms([piece])[0]
+                    pieces[cut].append(Piece(embedding, index, report.speech_seconds))
+        return pieces, seconds
 
     # writing
 
@@ -434,7 +488,7 @@ class SpeakerDB:
     def enrol(
         self,
         name: str,
-        recordings: Sequence[np.ndarray | str | os.PathLike],
+        recordings: Sequence[np.ndarray | str | os.PathLike | Recording],
         sample_rate: int = SAMPLE_RATE,
     ) -> Enrolment:
         """Save each recording as root/<name>/<timestamp-uuid>.wav (16-bit, 16 kHz), embed it, and judge it.
@@ -445,7 +499,7 @@ class SpeakerDB:
         if self.embedder is None:
             raise SpeakerDBError("this library was opened without a model: it cannot register")
         name = validate_name(name)
-        if isinstance(recordings, (str, os.PathLike, np.ndarray)):
+        if isinstance(recordings, (str, os.PathLike, np.ndarray, Recording)):
             recordings = [recordings]
         recordings = list(recordings)
         if not recordings:
@@ -455,8 +509,10 @@ class SpeakerDB:
         for i, recording in enumerate(recordings):
             prepared_recording = self._load_recording(recording, sample_rate, i)
             pcm = (np.clip(prepared_recording.wav, -1.0, 1.0) * 32767.0).round().astype("<i2")
-            # embed exactly what is stored (16-bit), so a later re-embed of the file gives the same vector
-            emb = self.embedder.embed_array(pcm.astype(np.float32) / 32767.0, SAMPLE_RATE)
+            # embed exactly what is stored (16-bit), so a later re-embed of the file gives the same vector;
+            # already checked for speech: no second pass of the detector
+            stored = Recording(pcm.astype(np.float32) / 32767.0, prepared_recording.report)
+            emb = self.embedder.embed_recording(stored)[0]
             prepared.append((_wav_bytes(pcm), np.asarray(emb, dtype=np.float32)))
             reports.append(prepared_recording.report)
         from utils.fileio import atomic_write_bytes, remove_stale_temp_files
@@ -505,8 +561,17 @@ class SpeakerDB:
                              "total, from 2-3 recordings) for a reliable voiceprint")  # fmt: skip
         return Enrolment(name, self._snapshot.counts.get(name, 0), reports, consistency, warnings_)
 
-    def _load_recording(self, recording: np.ndarray | str | os.PathLike, sample_rate: int, index: int) -> Recording:
+    def _load_recording(
+        self, recording: np.ndarray | str | os.PathLike | Recording, sample_rate: int, index: int
+    ) -> Recording:
         name = None if isinstance(recording, (str, os.PathLike)) else f"recording {index + 1}"
+        if isinstance(recording, Recording):  # prepared by the caller (the server): checked once, not twice
+            if recording.report.speech_seconds < MIN_REGISTER_SECONDS:
+                raise AudioError(
+                    f"too little speech in {name}: {recording.report.speech_seconds:.3f} s "
+                    f"(need at least {MIN_REGISTER_SECONDS:g} s)"
+                )
+            return recording
         return prepare_recording(
             recording, sample_rate, name, min_seconds=MIN_REGISTER_SECONDS, min_speech_seconds=MIN_REGISTER_SECONDS
         )
