@@ -450,10 +450,22 @@ def embed_trials(embedder: Any, trials: list, num_workers: int) -> tuple[Scored,
 
 
 def embed_items(embedder: Any, items: list, list_path: str, num_workers: int) -> tuple[Scored, list[str]]:
+    labels_of: dict[str, list] = {}
+    for path, label in items:
+        labels_of.setdefault(path, [])
+        if label not in labels_of[path]:
+            labels_of[path].append(label)
+    conflicts = [(path, labels) for path, labels in labels_of.items() if len(labels) > 1]
+    if conflicts:  # it would be scored as a different-speaker pair with itself
+        path, labels = conflicts[0]
+        more = f" (and {len(conflicts) - 1} more file(s))" if len(conflicts) > 1 else ""
+        fail(f"{path} appears under labels {', '.join(map(str, labels))} in {list_path}{more}: "
+             "one recording cannot be two speakers; fix the list")  # fmt: skip
+    repeats = len(items) - len(labels_of)
+    if repeats:  # a recording paired with itself would be a perfect same-speaker trial
+        print(f"warning: {repeats} repeated path(s) in {list_path}: each file is scored once", file=sys.stderr)
+        items = [(path, labels[0]) for path, labels in labels_of.items()]
     files = [p for p, _ in items]
-    dupes = len(files) - len(set(files))
-    if dupes:
-        print(f"warning: {dupes} duplicate path(s) in {list_path}: they pair with themselves", file=sys.stderr)
     emb, ok = _embed(embedder, files, num_workers, "list")
     labels = np.array([label for _, label in items])[ok]
     if len(np.unique(labels)) < 2:

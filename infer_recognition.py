@@ -262,9 +262,11 @@ def _list(db: Any, args: argparse.Namespace) -> int:
 
 def _remove(db: Any, args: argparse.Namespace) -> int:
     name = args.remove.strip()
-    db.remove(name)
+    left = db.remove(name)
     print(f"Removed {name}; {_count(len(db), 'speaker')} left.")
-    _write_json(args.json_path, {"removed": name})
+    if left:  # not recordings: the library never deletes what it did not make
+        print(f"left alone in {args.audio_db}/{name}: {', '.join(left)}")
+    _write_json(args.json_path, {"removed": name, "left_alone": left})
     return 0
 
 

@@ -47,6 +47,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec (Linux): SIGTERM when the process that started it dies, even by SIGKILL, so a
+    killed benchmark or test run never leaves an orphaned server holding a port."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the `with` block's stop() is the only guard
+        pass
+
+
 class ServerProcess:
     """infer_server.py in a subprocess on 127.0.0.1; `with` waits for /health and stops it (terminate, wait)."""
 
@@ -71,7 +83,9 @@ class ServerProcess:
     def start(self, wait: bool = True) -> None:
         """Launch the server; with `wait=False` call wait_ready() later (do other set-up while it loads)."""
         with open(self.log_path, "wb") as log:  # a file, not a pipe: a full pipe would block the server
-            self.proc = subprocess.Popen(self.command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                self.command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+            )
         self._started = time.monotonic()
         if wait:
             self.wait_ready()

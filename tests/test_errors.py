@@ -76,3 +76,28 @@ def test_ctrl_c_during_training_is_one_line_and_130(shared_data: Path, tmp_path:
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and err.rstrip().endswith("interrupted")
+
+
+@pytest.mark.parametrize("moment", [0.3, 1.5, 3.0])
+def test_ctrl_c_in_every_script_is_one_line_and_130(moment: float, shared_data: Path, tmp_path: Path) -> None:
+    """Ctrl-C while importing, loading the model or working: never a traceback, exit 130 (0 if it finished)."""
+    clips = sorted((shared_data / "librispeech" / "dev-clean" / "1272").rglob("*.mp3"))[:4]
+    (tmp_path / "list.txt").write_text("".join(f"{p}\t{k % 2}\n" for k, p in enumerate(clips)))
+    scripts = {
+        "infer_contrast.py": ["--audio_path1", str(clips[0]), "--audio_path2", str(clips[1]), "--device", "cpu"],
+        "infer_recognition.py": ["--audio_db", str(tmp_path / "db"), "--register", "x", "--audio_path",
+                                 *map(str, clips), "--device", "cpu"],
+        "eval.py": ["--list_path", str(tmp_path / "list.txt"), "--device", "cpu", "--num_workers", "1"],
+        "create_data.py": ["--dataset_dir", str(clips[0].parents[1]), "--dataset_format", "folder",
+                           "--list_dir", str(tmp_path / "lists"), "--test_mode", "none", "--check_speech"],
+    }  # fmt: skip
+    for script, args in scripts.items():
+        proc = subprocess.Popen([sys.executable, script, *args], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+        time.sleep(moment)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        assert "Traceback" not in err, f"{script} at {moment} s:\n{err[-2000:]}"
+        assert proc.returncode in (130, 0), (script, proc.returncode, err[-500:])
+        if proc.returncode == 130:
+            assert err.strip().splitlines()[-1].endswith("interrupted"), (script, err[-500:])

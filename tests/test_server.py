@@ -321,3 +321,37 @@ def test_api_key(tmp_path: Path) -> None:
     refused = subprocess.run([sys.executable, "infer_server.py", "--host", "0.0.0.0", "--audio_db", str(tmp_path)],
                              cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert refused.returncode == 1 and "set --api_key" in refused.stderr.strip().splitlines()[-1]
+
+
+def test_a_killed_benchmark_leaves_no_server_behind(tmp_path: Path) -> None:
+    """benchmarks/server_load.py's ServerProcess: the server dies with whatever started it, even by SIGKILL."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    parent_code = (
+        "import sys, time; sys.path.insert(0, sys.argv[1]);"
+        "from benchmarks.server_load import ServerProcess;"
+        "s = ServerProcess(sys.argv[2], '--device', 'cpu'); s.start();"
+        "print(s.pid, flush=True); time.sleep(600)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", parent_code, str(ROOT), str(tmp_path / "db")],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    server_pid = int(parent.stdout.readline())
+    os.kill(server_pid, 0)  # running and answering /health
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(server_pid, 0)
+        except ProcessLookupError:
+            return
+        with open(f"/proc/{server_pid}/stat") as stat:
+            if stat.read().split()[2] == "Z":  # exited; a zombie until init reaps it
+                return
+        time.sleep(0.2)
+    os.kill(server_pid, signal.SIGKILL)
+    raise AssertionError("the server outlived the process that started it")

@@ -12,6 +12,7 @@ Layout of the folder (`root`):
     root/<name>.wav                        the original flat layout: a person with one recording (still read)
     root/.voiceprint_cache.npz             embeddings + a JSON index, one file (np.savez, loaded without pickle)
     root/.lock                             fcntl.flock lock taken around every write
+    root/.staging/, root/.voiceprint_journal.json   a registration or removal in progress (see below)
 
 Cache: one .npz holding `embeddings` (N, D) float32 and `index`, UTF-8 JSON bytes
 {"version", "model", "dim", "files": [{"path", "size", "mtime_ns", "row"}]} (`row` -1
@@ -28,6 +29,14 @@ same time both keep their speakers and neither loses the other's cache entries.
 Inside one process a re-entrant thread lock serialises writers; readers
 (`recognize`) use an immutable snapshot and never wait.
 
+All-or-nothing writes: a registration first writes its recordings into root/.staging/, then
+commits by writing one journal file (atomically) that lists the renames; a removal's journal
+lists the recordings to delete. The journal is then carried out and deleted. A kill or Ctrl-C
+before the commit leaves the old library (staged files are cleaned at the next write), after
+it the next open finishes the journal: either the old or the new state, never a mix. Removal
+deletes only the speaker's recordings (audio files); anything else in the folder is left
+alone and reported. Symlinks that lead outside the library are ignored with a warning.
+
 A person's voiceprint is the L2-normalised mean of their recording embeddings;
 recognition is one matrix product of the query with all voiceprints.
 """
@@ -39,7 +48,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import threading
 import unicodedata
 import uuid
@@ -81,9 +89,12 @@ if TYPE_CHECKING:
 
 CACHE_NAME = ".voiceprint_cache.npz"
 LOCK_NAME = ".lock"
+JOURNAL_NAME = ".voiceprint_journal.json"
+STAGING_NAME = ".staging"
 CACHE_VERSION = 1
 MAX_NAME_CHARS = 64
 MAX_NAME_BYTES = 200  # below NAME_MAX (255) even with a ".wav" suffix
+INVISIBLE_CATEGORIES = ("Cf", "Co", "Cn", "Zl", "Zp")
 MIN_REGISTER_SECONDS = 1.0  # an enrolment shorter than this gives a poor voiceprint
 
 
@@ -93,6 +104,10 @@ class SpeakerDBError(UserError, ValueError):
 
 class CacheWarning(UserWarning):
     """The embedding cache could not be read or written; it is rebuilt (or skipped), nothing is lost."""
+
+
+class LibraryWarning(UserWarning):
+    """Something in the library folder is ignored (a symlink leading outside it)."""
 
 
 # names
@@ -117,6 +132,10 @@ def _checked_name(name: str) -> str:
         raise SpeakerDBError(f"speaker name {shown} must not contain '/' or '\\'")
     if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in clean):  # NUL, newlines, escapes, lone surrogates
         raise SpeakerDBError(f"speaker name {shown} contains control characters")
+    if any(unicodedata.category(ch) in INVISIBLE_CATEGORIES for ch in clean):
+        # zero-width joiners/spaces, bidi overrides ('admin\u202egnp.exe' shows as 'adminexe.png'), BOMs,
+        # private-use and unassigned code points: names that look like another name
+        raise SpeakerDBError(f"speaker name {shown} contains invisible or text-direction characters")
     if clean.startswith("."):  # also '.' and '..'; dot-files are the library's own (cache, lock)
         raise SpeakerDBError(f"speaker name {shown} must not start with '.'")
     if len(clean.encode("utf-8")) > MAX_NAME_BYTES:
@@ -244,6 +263,7 @@ class SpeakerDB:
         self._mutex = threading.RLock()
         self._lock_depth = 0
         self._lock_fd: int | None = None
+        self._warned: set[str] = set()  # symlinks already warned about
         self._snapshot = _Snapshot((), {}, np.zeros((0, 0), dtype=np.float32))
         self.embedded_at_load = self.sync() if sync else 0
 
@@ -302,6 +322,8 @@ class SpeakerDB:
 
     def _sync_locked(self, extra: dict[str, _Entry] | None = None) -> int:
         """The body of sync; the caller holds the lock. `extra`: entries already embedded (just registered)."""
+        if (self.root / JOURNAL_NAME).is_file() and self._lock_fd is not None:
+            self._finish_journal()  # a registration or removal committed by a process that was killed
         on_disk_cache = self._read_cache()
         files = self._scan()
         entries: dict[str, _Entry] = {}
@@ -339,7 +361,10 @@ class SpeakerDB:
         return embedded
 
     def _scan(self) -> dict[str, tuple[str, int, int]]:
-        """relative path -> (speaker, size, mtime_ns) for every recording in the folder."""
+        """relative path -> (speaker, size, mtime_ns) for every recording in the folder.
+
+        Speaker names are NFC-normalised (a folder written in decomposed form by another system is the same
+        speaker); symlinks that lead outside the library are ignored with a warning."""
         found: dict[str, tuple[str, int, int]] = {}
         if not self.root.is_dir():
             return found
@@ -347,21 +372,103 @@ class SpeakerDB:
             if item.name.startswith("."):
                 continue
             try:
+                if not self._inside(item):
+                    continue
                 if item.is_dir():
                     if not _is_valid_name(item.name):
                         continue
+                    speaker = unicodedata.normalize("NFC", item.name)
                     for sub in sorted(os.scandir(item.path), key=lambda e: e.name):
-                        if _is_audio(sub.name) and sub.is_file():
+                        if _is_audio(sub.name) and sub.is_file() and self._inside(sub):
                             st = sub.stat()
-                            found[f"{item.name}/{sub.name}"] = (item.name, st.st_size, st.st_mtime_ns)
+                            found[f"{item.name}/{sub.name}"] = (speaker, st.st_size, st.st_mtime_ns)
                 elif _is_audio(item.name) and item.is_file():
                     speaker = Path(item.name).stem  # the original flat layout: root/<name>.wav
                     if _is_valid_name(speaker):
                         st = item.stat()
-                        found[item.name] = (speaker, st.st_size, st.st_mtime_ns)
+                        found[item.name] = (unicodedata.normalize("NFC", speaker), st.st_size, st.st_mtime_ns)
             except OSError:  # removed while we looked (another process): the next sync sees the new state
                 continue
         return found
+
+    def _inside(self, entry: os.DirEntry) -> bool:
+        """False (with one warning) for a symlink whose target is outside the library or does not exist."""
+        if not entry.is_symlink():
+            return True
+        target = os.path.realpath(entry.path)
+        root = os.path.realpath(self.root)
+        if os.path.commonpath([target, root]) == root and os.path.exists(target):
+            return True
+        if entry.path not in self._warned:
+            self._warned.add(entry.path)
+            warnings.warn(f"ignoring {entry.path}: a symlink leading outside the library", LibraryWarning, stacklevel=5)
+        return False
+
+    def _folder_of(self, name: str) -> Path:
+        """The speaker's folder on disk: root/<name>, or a folder whose name is `name` in another Unicode form."""
+        direct = self.root / name
+        if direct.exists() or direct.is_symlink() or not self.root.is_dir():
+            return direct
+        for entry in os.scandir(self.root):
+            if unicodedata.normalize("NFC", entry.name) == name and entry.is_dir(follow_symlinks=False):
+                return Path(entry.path)
+        return direct
+
+    # all-or-nothing writes: stage, commit one journal, carry it out (see the module docstring)
+
+    def _commit(self, journal: dict[str, list]) -> None:
+        """Write the journal (the commit point) and carry it out; the caller holds the write lock."""
+        from utils.fileio import atomic_write_json, deferred_interrupt
+
+        with deferred_interrupt():  # Ctrl-C waits for the few renames that belong together
+            atomic_write_json(self.root / JOURNAL_NAME, journal)
+            self._finish_journal()
+
+    def _finish_journal(self) -> None:
+        """Carry out a committed journal left by this or a killed process (idempotent), then delete it."""
+        from utils.fileio import fsync_dir
+
+        path = self.root / JOURNAL_NAME
+        if not path.is_file():
+            return
+        try:
+            journal = json.loads(path.read_text(encoding="utf-8"))
+            moves = [(self._within(a), self._within(b)) for a, b in journal.get("add", [])]
+            deletes = [self._within(rel) for rel in journal.get("delete", [])]
+            folders = [self._within(rel) for rel in journal.get("rmdir", [])]
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            warnings.warn(f"ignoring unreadable {path}: {exc}", LibraryWarning, stacklevel=4)
+            return
+        try:
+            for source, target in moves:
+                if source.is_file():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(source, target)
+            for target in deletes:
+                target.unlink(missing_ok=True)  # a symlinked speaker folder: the link itself, never its target
+            for folder in folders:
+                try:
+                    folder.rmdir()  # only when nothing but the removed recordings was in it
+                except OSError:
+                    pass
+            fsync_dir(self.root)
+            path.unlink()
+        except OSError as exc:
+            raise SpeakerDBError(f"cannot finish the library change in {self.root}: {exc.strerror}") from None
+
+    def _within(self, rel: str) -> Path:
+        """A journal path, refused unless it stays inside the library."""
+        if not isinstance(rel, str) or os.path.isabs(rel) or ".." in Path(rel).parts or not rel:
+            raise ValueError(f"path {rel!r} leaves the library")
+        return self.root / rel
+
+    def _clear_staging(self) -> None:
+        """Staged files of a registration that never committed (killed or interrupted before its journal)."""
+        staging = self.root / STAGING_NAME
+        if staging.is_dir() and not staging.is_symlink():
+            for stale in staging.iterdir():
+                if stale.is_file() or stale.is_symlink():
+                    stale.unlink(missing_ok=True)
 
     def _rebuild_snapshot(self) -> None:
         groups: dict[str, list[np.ndarray]] = {}
@@ -518,21 +625,57 @@ class SpeakerDB:
         from utils.fileio import atomic_write_bytes, remove_stale_temp_files
 
         with self._locked(write=True):
+            self._sync_locked()  # finishes a journal a killed writer left, sees the current speakers
             remove_stale_temp_files(self.root)  # under the write lock: no other writer is active
-            folder = self.root / name
+            self._clear_staging()
+            twins = [n for n in self.names() if n != name and n.casefold() == name.casefold()]
+            if twins:
+                raise SpeakerDBError(
+                    f"speaker name {name!r} differs from the registered {twins[0]!r} only in letter case: "
+                    f"use {twins[0]!r} to add recordings, or another name"
+                )
+            folder = self._folder_of(name)
             if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
                 raise SpeakerDBError(f"cannot register {name}: {folder} exists and is not a folder")
-            folder.mkdir(parents=True, exist_ok=True)
-            extra: dict[str, _Entry] = {}
-            for data, emb in prepared:
+            prepared, reports, skipped = self._drop_duplicates(folder, prepared, reports)
+            moves, extra = [], {}
+            for data, _ in prepared:
                 stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
                 file_name = f"{stamp}-{uuid.uuid4().hex[:12]}.wav"
-                path = folder / file_name
-                atomic_write_bytes(path, data)
-                st = path.stat()
-                extra[f"{name}/{file_name}"] = _Entry(name, st.st_size, st.st_mtime_ns, emb)
+                atomic_write_bytes(self.root / STAGING_NAME / file_name, data)
+                moves.append([f"{STAGING_NAME}/{file_name}", f"{folder.name}/{file_name}"])
+            if moves:
+                self._commit({"add": moves})
+            for (_, emb), (_, rel) in zip(prepared, moves):
+                st = (self.root / rel).stat()
+                extra[rel] = _Entry(name, st.st_size, st.st_mtime_ns, emb)
             self._sync_locked(extra)
-        return self._judge(name, [emb for _, emb in prepared], reports, list(extra))
+        enrolment = self._judge(name, [emb for _, emb in prepared], reports, list(extra))
+        enrolment.warnings[:0] = skipped
+        return enrolment
+
+    def _drop_duplicates(
+        self, folder: Path, prepared: list[tuple[bytes, np.ndarray]], reports: list[SpeechReport]
+    ) -> tuple[list[tuple[bytes, np.ndarray]], list[SpeechReport], list[str]]:
+        """Recordings identical (same content) to one the speaker already has, or to an earlier one of the
+        same call, are not added twice: a voiceprint must not count one take as several."""
+        seen = set()
+        if folder.is_dir():
+            for item in folder.iterdir():
+                if _is_audio(item.name) and item.is_file() and not item.is_symlink():
+                    seen.add(hashlib.sha256(item.read_bytes()).hexdigest())
+        kept, kept_reports, skipped = [], [], []
+        for i, ((data, emb), report) in enumerate(zip(prepared, reports)):
+            digest = hashlib.sha256(data).hexdigest()
+            if digest in seen:
+                skipped.append(f"recording {i + 1} is identical to one already enrolled: not added again")
+                continue
+            seen.add(digest)
+            kept.append((data, emb))
+            kept_reports.append(report)
+        if not kept:
+            raise SpeakerDBError(f"every recording given is already enrolled for {folder.name}: nothing added")
+        return kept, kept_reports, skipped
 
     def _judge(self, name: str, new: list[np.ndarray], reports: list[SpeechReport], keys: list[str]) -> Enrolment:
         """Consistency of each new recording with the speaker's others, and the warnings to show."""
@@ -576,23 +719,30 @@ class SpeakerDB:
             recording, sample_rate, name, min_seconds=MIN_REGISTER_SECONDS, min_speech_seconds=MIN_REGISTER_SECONDS
         )
 
-    def remove(self, name: str) -> None:
-        """Delete a speaker: root/<name>/ and any legacy root/<name>.<ext>; SpeakerDBError when unknown."""
+    def remove(self, name: str) -> list[str]:
+        """Delete a speaker's recordings (root/<name>/ audio files, a legacy root/<name>.<ext>) in one
+        all-or-nothing step; SpeakerDBError when `name` has no recordings here. Anything else in the speaker's
+        folder is left alone: returns those names (the folder itself stays then)."""
         name = validate_name(name)
         with self._locked(write=True):
             self._sync_locked()
-            folder = self.root / name
-            legacy = [p for p in self.root.iterdir() if _is_audio(p.name) and p.stem == name and not p.is_dir()]
-            has_folder = folder.is_dir() or folder.is_symlink()
-            if not has_folder and not legacy:
-                raise SpeakerDBError(f"unknown speaker: {name}")
+            folder = self._folder_of(name)
+            recordings = sorted(rel for rel, entry in self._entries.items() if entry.speaker == name)
             if folder.is_symlink():
-                folder.unlink()  # never follow a link out of the library
-            elif has_folder:
-                shutil.rmtree(folder)
-            for path in legacy:
-                path.unlink()
+                recordings = [r for r in recordings if not r.startswith(f"{folder.name}/")] + [folder.name]
+            if not recordings:
+                if folder.is_dir():
+                    raise SpeakerDBError(
+                        f"{name} is not an enrolled speaker: {folder} holds no recordings (nothing removed)"
+                    )
+                raise SpeakerDBError(f"unknown speaker: {name}")
+            gone = set(recordings)
+            left = []
+            if folder.is_dir() and not folder.is_symlink():
+                left = sorted(p.name for p in folder.iterdir() if f"{folder.name}/{p.name}" not in gone)
+            self._commit({"delete": recordings, "rmdir": [folder.name] if folder.is_dir() else []})
             self._sync_locked()
+        return left
 
     # lock
 

@@ -199,3 +199,23 @@ def test_train_subprocess_bad_list(four: list[tuple[str, int]], tmp_path: Path) 
     outcome = run_cli(["train.py", "--train_list_path", str(tmp_path / "list.txt"), "--save_model",
                        str(tmp_path / "m"), *TINY_TRAIN])  # fmt: skip
     assert_error(outcome, ":3: label -1 is negative")
+
+
+def test_eval_list_same_file_under_two_labels_or_twice(
+    four: list[tuple[str, int]], tmp_path: Path, reuse_embedder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One recording under two labels would be a different-speaker trial with itself; a repeat, a perfect
+    same-speaker trial. The first is refused, the second scored once."""
+    (tmp_path / "two.txt").write_text(list_text([*four, (four[0][0], 1 - four[0][1])]), encoding="utf-8")
+    outcome = run_main("eval", ["--list_path", str(tmp_path / "two.txt"), "--model_path", str(MODEL),
+                                "--device", "cpu", "--num_workers", "0"], capsys)  # fmt: skip
+    seen = assert_error(outcome, f"{four[0][0]} appears under labels")
+    assert "one recording cannot be two speakers" in seen
+    record("eval list", "one file under two labels", "eval.py --list_path X", seen, tmp_path)
+    (tmp_path / "twice.txt").write_text(list_text([*four, four[0], four[0]]), encoding="utf-8")
+    outcome = run_main("eval", ["--list_path", str(tmp_path / "twice.txt"), "--model_path", str(MODEL),
+                                "--device", "cpu", "--num_workers", "0"], capsys)  # fmt: skip
+    assert outcome.code == 0 and "trials: 6 (2 target / 4 non-target)" in outcome.out, outcome.err[-2000:]
+    warning = [w for w in outcome.warnings() if "repeated path" in w]
+    assert warning == [f"warning: 2 repeated path(s) in {tmp_path / 'twice.txt'}: each file is scored once"]
+    record("eval list", "one file listed three times", "eval.py --list_path X", warning[0], tmp_path)
