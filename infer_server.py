@@ -30,6 +30,7 @@ put the service behind HTTPS.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hmac
 import logging
 import math
@@ -56,7 +57,8 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_REGISTER_FILES = 16
 MULTIPART_SLACK = 64 * 1024  # boundaries, part headers and the name field on top of the audio bytes
 # how many audio files each endpoint takes: its request body may hold that many --max_upload_mb files
-FILES_PER_REQUEST = {"/contrast": 2, "/recognize": 1, "/register": MAX_REGISTER_FILES}
+REGISTER_BODY_FILES = 4  # a registration's whole body holds at most this many --max_upload_mb files' worth
+FILES_PER_REQUEST = {"/contrast": 2, "/recognize": 1, "/register": REGISTER_BODY_FILES}
 
 log = logging.getLogger("infer_server")
 
@@ -149,9 +151,12 @@ class _BodyLimit:
     actually received, so a chunked upload without Content-Length is cut off too.
     """
 
-    def __init__(self, app: Any, limit_for: Callable[[str], tuple[int, str] | None]) -> None:
+    def __init__(
+        self, app: Any, limit_for: Callable[[str], tuple[int, str] | None], body_seconds: float = 60.0
+    ) -> None:
         self.app = app
         self.limit_for = limit_for
+        self.body_seconds = body_seconds  # a client that trickles its upload is cut off (408) after this
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         rule = self.limit_for(scope.get("path", "")) if scope["type"] == "http" else None
@@ -165,10 +170,17 @@ class _BodyLimit:
             return
         received = 0
         started = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_seconds
 
         async def limited_receive() -> dict:
             nonlocal received
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.0))
+            except TimeoutError:
+                raise HTTPException(
+                    408, f"request body not received within {self.body_seconds:g} s (--request_timeout)"
+                ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
@@ -184,15 +196,62 @@ class _BodyLimit:
         try:
             await self.app(scope, limited_receive, tracking_send)
         except HTTPException as exc:
-            if exc.status_code != 413 or started:
+            if exc.status_code not in (408, 413) or started:
                 raise
-            await _send_413(send, str(exc.detail))
+            await _send_error(send, exc.status_code, str(exc.detail))
 
 
 async def _send_413(send: Callable, detail: str) -> None:
-    response = JSONResponse({"detail": detail}, status_code=413, headers={"Connection": "close"})
-    await send({"type": "http.response.start", "status": 413, "headers": response.raw_headers})
+    await _send_error(send, 413, detail)
+
+
+async def _send_error(send: Callable, status: int, detail: str) -> None:
+    """A JSON error that also closes the connection (the rest of the body is never read)."""
+    response = JSONResponse({"detail": detail}, status_code=status, headers={"Connection": "close"})
+    await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})
     await send({"type": "http.response.body", "body": response.body})
+
+
+def timed_protocol(header_seconds: float) -> type:
+    """uvicorn's HTTP/1.1 protocol with a deadline for each request's headers: a client that opens
+    connections and trickles its headers (slowloris) is disconnected instead of holding them forever.
+    (Bodies have their own deadline in _BodyLimit; idle keep-alive connections, uvicorn's own.)"""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TimedH11Protocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self.cycle is None or self.cycle.response_complete:  # between requests: the next one's headers
+                self._arm()
+            before = self.cycle
+            super().data_received(data)
+            if self.cycle is not before:  # a request's headers are complete
+                self._disarm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(header_seconds, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _too_slow(self) -> None:
+            self._header_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+    return TimedH11Protocol
 
 
 # who may call: Host allow-list (DNS rebinding), same-origin writes (CSRF), optional API key, page headers
@@ -299,6 +358,7 @@ class Service:
     model_slot: threading.BoundedSemaphore
     db_lock: threading.RLock = field(default_factory=threading.RLock)
     threshold_given: bool = False  # --threshold: calibration never replaces it
+    decode_slot: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(2))
 
     def contrast_threshold(self, speech_seconds: float) -> float:
         """The 1:1 threshold for a pair whose shorter recording holds `speech_seconds` of speech: a calibrated
@@ -315,8 +375,9 @@ class Service:
         data = upload.file.read(max_bytes + 1)
         if len(data) > max_bytes:
             raise HTTPException(413, f"audio file {name} is larger than {self.max_upload_mb:g} MB (--max_upload_mb)")
-        return prepare_recording(data, name=name, min_seconds=min_seconds, max_seconds=self.max_seconds,
-                                 min_speech_seconds=min_seconds if min_seconds > MIN_SPEECH_SECONDS else None)  # fmt: skip
+        with self.decode_slot:  # decoded audio is the big allocation: a bounded number at once, whatever the load
+            return prepare_recording(data, name=name, min_seconds=min_seconds, max_seconds=self.max_seconds,
+                                     min_speech_seconds=min_seconds if min_seconds > MIN_SPEECH_SECONDS else None)  # fmt: skip
 
 
 def get_service(request: Request) -> Service:
@@ -401,21 +462,44 @@ def contrast(
             "probability_same": probability, "speech": [speech1.to_dict(), speech2.to_dict()]}  # fmt: skip
 
 
-@router.post("/register", response_model=RegisterResult, responses=ERRORS, summary="Add recordings of a speaker")
+@router.post(
+    "/register",
+    response_model=RegisterResult,
+    responses=ERRORS,
+    summary="Register a speaker, or add recordings (add=true)",
+)
 def register(
     svc: ServiceDep,
     name: Annotated[str, Form(description="speaker name")],
     files: Annotated[list[UploadFile], File(description="one or more recordings of the speaker")],
+    add: Annotated[
+        bool,
+        Form(description="add recordings to a registered speaker; each must be recognised as that speaker"),
+    ] = False,
 ) -> dict:
-    from utils.speaker_db import MIN_REGISTER_SECONDS, validate_name
+    from utils.speaker_db import (
+        MIN_REGISTER_SECONDS,
+        SpeakerExistsError,
+        UnknownSpeakerError,
+        VoiceMismatchError,
+        validate_name,
+    )
 
     name = validate_name(name)
     if len(files) > MAX_REGISTER_FILES:
         raise HTTPException(400, f"at most {MAX_REGISTER_FILES} files per registration, got {len(files)}")
     # all decoded and checked first (named by file), so one bad file registers nothing
     recordings = [svc.read_upload(f, "files", MIN_REGISTER_SECONDS) for f in files]
-    with svc.db_lock, svc.model_slot:
-        enrolment = svc.db.enrol(name, recordings)  # checked once here: the library does not detect speech again
+    try:
+        with svc.db_lock, svc.model_slot:
+            # checked once here: the library does not detect speech again
+            enrolment = svc.db.enrol(name, recordings, add=add)
+    except UnknownSpeakerError as exc:
+        raise HTTPException(404, str(exc)) from None
+    except SpeakerExistsError as exc:
+        raise HTTPException(409, str(exc)) from None
+    except VoiceMismatchError as exc:
+        raise HTTPException(403, str(exc)) from None
     return enrolment.to_dict()
 
 
@@ -497,6 +581,7 @@ def create_app(
     inference_slots: int | None = None,
     allowed_hosts: Sequence[str] = (),
     api_key: str | None = None,
+    request_timeout: float = 60.0,
 ) -> FastAPI:
     """The web service around a loaded `Embedder` and a `SpeakerDB` (see main() for the flags).
 
@@ -535,8 +620,11 @@ def create_app(
         recognition_threshold=float(db.threshold),
         threshold_given=threshold is not None,
         model_slot=threading.BoundedSemaphore(inference_slots),
+        decode_slot=threading.BoundedSemaphore(inference_slots),
     )
-    app.add_middleware(_BodyLimit, limit_for=lambda path: _request_limit(path, max_upload_mb))
+    app.add_middleware(
+        _BodyLimit, limit_for=lambda path: _request_limit(path, max_upload_mb), body_seconds=request_timeout
+    )
     app.add_middleware(_Guard, allowed_hosts=allowed_hosts, api_key=api_key)  # added last: runs first
     app.add_exception_handler(AudioError, audio_error)
     app.add_exception_handler(UserError, user_error)  # an invalid speaker name, a library problem
@@ -558,6 +646,8 @@ def _request_limit(path: str, max_upload_mb: float) -> tuple[int, str] | None:
     if files is None:
         return None
     per_file = f"{files} files of at most {max_upload_mb:g} MB each" if files > 1 else f"{max_upload_mb:g} MB"
+    if path == "/register":
+        per_file = f"at most {files * max_upload_mb:g} MB in one request ({MAX_REGISTER_FILES} files at most)"
     return files * int(max_upload_mb * 2**20) + MULTIPART_SLACK, f"{path} accepts {per_file} (--max_upload_mb)"
 
 
@@ -582,6 +672,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port")
     parser.add_argument("--max_upload_mb", type=float, default=10.0, help="largest accepted audio file, in MB")
+    parser.add_argument(
+        "--request_timeout",
+        type=float,
+        default=60.0,
+        help="seconds a client has to send a request's headers (at most 10 s) and its whole body; slower "
+        "connections are closed",
+    )
     parser.add_argument("--max_seconds", type=float, default=60.0, help="longest accepted recording, in seconds")
     parser.add_argument(
         "--api_key",
@@ -619,6 +716,8 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"--port must be in 1..65535, got {args.port}")
     if not (args.max_upload_mb > 0 and args.max_seconds > 0):  # also rejects NaN
         fail("--max_upload_mb and --max_seconds must be positive")
+    if not (0 < args.request_timeout < 1e6):
+        fail(f"--request_timeout must be a positive number of seconds, got {args.request_timeout}")
     if args.threshold is not None and not math.isfinite(args.threshold):
         fail(f"--threshold must be a finite number, got {args.threshold}")
     if args.host not in LOOPBACK_HOSTS and not args.api_key:
@@ -640,14 +739,15 @@ def main(argv: list[str] | None = None) -> None:
         db = SpeakerDB(args.audio_db, embedder, threshold=args.threshold)
         allowed = [*args.allowed_hosts, *([args.host] if args.host not in ("0.0.0.0", "::") else [])]
         app = create_app(embedder, db, args.max_upload_mb, args.max_seconds, threshold=args.threshold,
-                         allowed_hosts=allowed, api_key=args.api_key)  # fmt: skip
+                         allowed_hosts=allowed, api_key=args.api_key, request_timeout=args.request_timeout)  # fmt: skip
     except (AudioError, CheckpointError, SpeakerDBError, ValueError) as exc:
         fail(str(exc))
     print(f"model {args.model_path} on {embedder.device}; {len(db)} speakers in {args.audio_db}")
     print(f"page: http://{args.host}:{args.port}/   API docs: http://{args.host}:{args.port}/docs", flush=True)
 
     # service
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5,
+                http=timed_protocol(min(10.0, args.request_timeout)))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -287,6 +287,7 @@ async function register() {
   const name = $("name").value.trim();
   const form = new FormData();
   form.append("name", name);
+  form.append("add", $("add").checked ? "true" : "false");
   form.append("files", clips.register.blob, "register.wav");
   const body = await callApi("/register", form);
   if (body) {

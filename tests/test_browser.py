@@ -185,3 +185,60 @@ def test_register_and_recognise_in_the_page(playwright_api, shared_data: Path, t
         server.stop()
     assert "Traceback" not in server.log(tail=0), server.log()
     assert SCREENSHOT.stat().st_size > 10000
+
+
+def test_another_origin_cannot_enrol_or_delete(playwright_api, shared_data: Path, tmp_path: Path) -> None:
+    """The attack from issue 14, in real Chromium: a page on another origin (another port of this machine)
+    posts a real recording to /register and sends DELETE /speakers/NAME, as any web page the user visits
+    could. The server refuses both (Origin / Sec-Fetch-Site); the library is untouched."""
+    import functools
+    import http.server
+    import threading
+
+    import httpx
+
+    from benchmarks.server_load import ServerProcess
+
+    evil_root = tmp_path / "evil"
+    evil_root.mkdir()
+    (evil_root / "voice.wav").write_bytes(_fake_microphone(_dev_files(shared_data, "1988", 1), tmp_path / "v.wav")
+                                          .read_bytes())  # fmt: skip
+    library = tmp_path / "db"
+    with ServerProcess(library, "--device", "cpu") as server:
+        victim = httpx.post(f"{server.url}/register", data={"name": "victim"},
+                            files=[("files", ("a.mp3", _dev_files(shared_data, "777", 1)[0].read_bytes()))])  # fmt: skip
+        assert victim.status_code == 200, victim.text
+        (evil_root / "index.html").write_text(f"""<!doctype html><script>
+          (async () => {{
+            const voice = await (await fetch("voice.wav")).blob();
+            const form = new FormData();
+            form.append("name", "from_evil_origin");
+            form.append("files", voice, "voice.wav");
+            const results = [];
+            // a multipart POST is a "simple" request: sent without asking; DELETE needs a CORS preflight first
+            for (const [method, url, body, mode] of [["POST", "{server.url}/register", form, "no-cors"],
+                                                     ["DELETE", "{server.url}/speakers/victim", null, "cors"]]) {{
+              try {{ await fetch(url, {{method, body, mode}}); results.push("sent"); }}
+              catch (e) {{ results.push("blocked: " + e); }}
+            }}
+            document.title = "done " + results.join(", ");
+          }})();
+        </script>""")
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(evil_root))
+        evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=evil.serve_forever, daemon=True).start()
+        try:
+            browser = playwright_api.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{evil.server_address[1]}/index.html")
+            page.wait_for_function("document.title.startsWith('done')", timeout=30000)
+            title = page.title()
+            browser.close()
+        finally:
+            evil.shutdown()
+        speakers = httpx.get(f"{server.url}/speakers").json()["speakers"]
+        log = server.log(tail=0)
+    assert "from_evil_origin" not in speakers and speakers == {"victim": 1}, (title, speakers)
+    assert '"POST /register HTTP/1.1" 403' in log, log[-3000:]  # it arrived, and the server said no
+    # the preflight gets no CORS permission, so Chromium never sends the DELETE itself
+    assert "blocked" in title.split(", ")[1] and "DELETE /speakers" not in log, (title, log[-3000:])

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 MAX_UPLOAD_MB = 1
 MAX_SECONDS = 25
+REQUEST_TIMEOUT = 4  # seconds for headers and for a whole body: slow clients are cut off
 ENROLLED = {"alice": "777", "bob": "1272", "carol": "1988"}  # held-out dev-clean speakers
 # speakers nobody enrolled: recognised as unknown at the model's 1:N threshold
 STRANGERS = ("librispeech/train-clean-100/103-1240-0000.flac", "fsdd/4_nicolas_16.wav")
@@ -51,8 +52,9 @@ def speech(shared_data: Path) -> dict[str, list[Path]]:
 def server(tmp_path_factory, shared_data: Path):
     library = tmp_path_factory.mktemp("audio_db")
     proc = ServerProcess(
-        library, "--max_upload_mb", str(MAX_UPLOAD_MB), "--max_seconds", str(MAX_SECONDS), "--device", "cpu"
-    )
+        library, "--max_upload_mb", str(MAX_UPLOAD_MB), "--max_seconds", str(MAX_SECONDS), "--device", "cpu",
+        "--request_timeout", str(REQUEST_TIMEOUT),
+    )  # fmt: skip
     proc.start()
     yield proc
     proc.stop()
@@ -161,8 +163,17 @@ def test_contrast_same_and_different(client, speech) -> None:
 
 def test_speakers_add_and_delete(client, enrolled, speech) -> None:
     extra = [("files", _upload(speech["carol"][3]))]
-    carol = client.post("/register", data={"name": "carol"}, files=extra).json()
+    # a taken name: adding must be explicit, and the new recording must be recognised as carol
+    _assert_error(client.post("/register", data={"name": "carol"}, files=extra), 409, "already registered", "add=true")
+    hijack = [("files", _upload(speech["alice"][3]))]
+    _assert_error(client.post("/register", data={"name": "carol", "add": "true"}, files=hijack), 403,
+                  "does not match carol's voiceprint")  # fmt: skip
+    _assert_error(client.post("/register", data={"name": "zed", "add": "true"}, files=extra), 404, "unknown speaker")
+    assert client.get("/speakers").json()["speakers"]["carol"] == 3
+    carol = client.post("/register", data={"name": "carol", "add": "true"}, files=extra).json()
     assert (carol["name"], carol["recordings"]) == ("carol", 4)
+    _assert_error(client.post("/register", data={"name": "carol", "add": "true"}, files=extra), 400,
+                  "already enrolled for carol")  # fmt: skip
     dave = client.post("/register", data={"name": "  dave "}, files=extra).json()
     assert (dave["name"], dave["recordings"], dave["new"][0]["consistency"]) == ("dave", 1, None)
     speakers = client.get("/speakers").json()["speakers"]
@@ -288,6 +299,53 @@ def test_changes_by_infer_recognition_are_seen_at_once(server, client, enrolled,
     # enrol carol again through the API, as she was
     upload = [("files", (p.name, p.read_bytes(), "audio/mpeg")) for p in speech["carol"][:3]]
     assert client.post("/register", data={"name": "carol"}, files=upload).status_code == 200
+
+
+def test_slow_clients_are_cut_off_and_big_registrations_refused(server, client) -> None:
+    """Slowloris: trickled headers lose the connection, a trickled body gets 408; neither holds a worker."""
+    import socket
+    import time
+
+    host, port = "127.0.0.1", server.port
+    began = time.monotonic()
+    slow_header = socket.create_connection((host, port))
+    slow_header.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    slow_body = socket.create_connection((host, port))
+    slow_body.sendall(b"POST /recognize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                      b"boundary=x\r\nContent-Length: 100000\r\n\r\n--x\r\n")  # fmt: skip
+    closed = answered = None
+    slow_header.settimeout(0.5)
+    slow_body.settimeout(0.5)
+    while time.monotonic() - began < 3 * REQUEST_TIMEOUT and (closed is None or answered is None):
+        for sock in (slow_header, slow_body):
+            try:
+                sock.sendall(b"X")  # one byte at a time, forever
+            except OSError:
+                pass
+        if closed is None:
+            try:
+                if slow_header.recv(4096) == b"":
+                    closed = time.monotonic() - began
+            except TimeoutError:
+                pass
+            except OSError:
+                closed = time.monotonic() - began
+        if answered is None:
+            try:
+                reply = slow_body.recv(4096)
+                answered = (time.monotonic() - began, reply)
+            except TimeoutError:
+                pass
+    slow_header.close()
+    slow_body.close()
+    assert closed is not None and closed < REQUEST_TIMEOUT + 2, closed
+    assert answered is not None and answered[1].startswith(b"HTTP/1.1 408"), answered
+    assert b"not received within 4 s" in answered[1] and answered[0] < REQUEST_TIMEOUT + 2
+    assert client.get("/health").status_code == 200  # the server still answers everyone else
+    # one registration may carry 4 files' worth of --max_upload_mb, not 16 x the limit
+    blob = ("take.wav", b"RIFF" + b"\0" * int(0.9 * 2**20), "audio/wav")
+    too_much = client.post("/register", data={"name": "big"}, files=[("files", blob)] * 5)
+    assert too_much.status_code == 413 and "at most 4 MB in one request" in too_much.json()["detail"]
 
 
 def test_library_is_shared_with_infer_recognition(server, enrolled) -> None:

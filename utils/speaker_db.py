@@ -106,6 +106,18 @@ class CacheWarning(UserWarning):
     """The embedding cache could not be read or written; it is rebuilt (or skipped), nothing is lost."""
 
 
+class UnknownSpeakerError(SpeakerDBError):
+    """A name with no recordings in the library."""
+
+
+class SpeakerExistsError(SpeakerDBError):
+    """A new registration under a name that is taken (adding recordings must be explicit)."""
+
+
+class VoiceMismatchError(SpeakerDBError):
+    """Recordings offered for an existing speaker that are not recognised as that speaker."""
+
+
 class LibraryWarning(UserWarning):
     """Something in the library folder is ignored (a symlink leading outside it)."""
 
@@ -597,11 +609,16 @@ class SpeakerDB:
         name: str,
         recordings: Sequence[np.ndarray | str | os.PathLike | Recording],
         sample_rate: int = SAMPLE_RATE,
+        add: bool | None = None,
     ) -> Enrolment:
         """Save each recording as root/<name>/<timestamp-uuid>.wav (16-bit, 16 kHz), embed it, and judge it.
 
         Everything is decoded, checked (speech by silero-vad: at least MIN_REGISTER_SECONDS of it per
         recording) and embedded before anything is written, so a bad recording leaves the library untouched.
+        `add`: None creates the speaker or adds to them (the owner at the command line); False only creates
+        (SpeakerExistsError when the name is taken); True only adds, and every recording must be recognised
+        as `name` at the library's 1:N threshold (VoiceMismatchError otherwise): nobody can slip their own
+        voice into someone else's voiceprint.
         """
         if self.embedder is None:
             raise SpeakerDBError("this library was opened without a model: it cannot register")
@@ -626,6 +643,7 @@ class SpeakerDB:
 
         with self._locked(write=True):
             self._sync_locked()  # finishes a journal a killed writer left, sees the current speakers
+            self._check_add(name, add, [emb for _, emb in prepared], reports)
             remove_stale_temp_files(self.root)  # under the write lock: no other writer is active
             self._clear_staging()
             twins = [n for n in self.names() if n != name and n.casefold() == name.casefold()]
@@ -653,6 +671,28 @@ class SpeakerDB:
         enrolment = self._judge(name, [emb for _, emb in prepared], reports, list(extra))
         enrolment.warnings[:0] = skipped
         return enrolment
+
+    def _check_add(self, name: str, add: bool | None, new: list[np.ndarray], reports: list[SpeechReport]) -> None:
+        if add is None:
+            return
+        exists = name in self._snapshot.counts
+        if not add and exists:
+            raise SpeakerExistsError(
+                f"speaker {name} is already registered: adding recordings to them must be explicit "
+                "(add=true), and they must match their voiceprint"
+            )
+        if add and not exists:
+            raise UnknownSpeakerError(f"unknown speaker: {name} (register them first)")
+        if add:
+            voiceprint = self.voiceprint(name)
+            for i, (emb, report) in enumerate(zip(new, reports)):
+                score = float(emb @ voiceprint)
+                threshold = self.identification_threshold(report.speech_seconds)
+                if score < threshold:
+                    raise VoiceMismatchError(
+                        f"recording {i + 1} does not match {name}'s voiceprint (similarity {score:.2f} < "
+                        f"{threshold:.2f}): nothing added"
+                    )
 
     def _drop_duplicates(
         self, folder: Path, prepared: list[tuple[bytes, np.ndarray]], reports: list[SpeechReport]
@@ -735,7 +775,7 @@ class SpeakerDB:
                     raise SpeakerDBError(
                         f"{name} is not an enrolled speaker: {folder} holds no recordings (nothing removed)"
                     )
-                raise SpeakerDBError(f"unknown speaker: {name}")
+                raise UnknownSpeakerError(f"unknown speaker: {name}")
             gone = set(recordings)
             left = []
             if folder.is_dir() and not folder.is_symlink():
