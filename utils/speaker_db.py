@@ -255,6 +255,10 @@ class SpeakerDB:
     ) -> None:
         """Open (and by default sync) the library; `embedder=None` opens it for listing/removing only."""
         self.root = Path(root)
+        if self.root.is_symlink() and not self.root.exists():
+            raise SpeakerDBError(
+                f"speaker library {self.root} is a symlink to {os.readlink(self.root)}, which does not exist"
+            )
         if self.root.exists() and not self.root.is_dir():
             raise SpeakerDBError(f"speaker library {self.root} is not a folder")
         self.embedder = embedder
@@ -813,6 +817,10 @@ class SpeakerDB:
         try:
             fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:
+            if create and (self.root / LOCK_NAME).is_dir():
+                raise SpeakerDBError(
+                    f"{self.root / LOCK_NAME} is a folder, not the library's lock file: move it away"
+                ) from None
             if create:
                 raise SpeakerDBError(f"cannot write to the speaker library {self.root}: {exc.strerror}") from None
             return None  # a read-only library can still be read

@@ -302,3 +302,30 @@ def test_library_finishes_a_committed_change_and_forgets_an_uncommitted_one(embe
     with pytest.warns(UserWarning, match="leaves the library"):
         SpeakerDB(root, embedder)
     assert victim.read_text() == "keep me"
+
+
+def test_library_broken_paths_and_a_full_disk_are_one_line(good: Path, tmp_path: Path) -> None:
+    import resource
+    import signal
+
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere" / "db")
+    outcome = _register(dangling, "bob", good)
+    line = assert_error(outcome, f"speaker library {dangling} is a symlink to {tmp_path / 'nowhere' / 'db'}")
+    record("library", "--audio_db is a dangling symlink", "infer_recognition.py --audio_db LINK --register", line)
+    (tmp_path / "db" / ".lock").mkdir(parents=True)
+    line = assert_error(_register(tmp_path / "db", "bob", good), "/.lock is a folder, not the library's lock file")
+    record("library", "the lock file is a folder", "infer_recognition.py --register", line)
+
+    def small_disk() -> None:  # every file this process writes stops at 20 KB, as on a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    full = tmp_path / "full"
+    outcome = run_cli(["infer_recognition.py", "--register", "bob", "--audio_path", str(good), "--audio_db", str(full),
+                       "--model_path", str(MODEL), "--device", "cpu"], preexec_fn=small_disk)  # fmt: skip
+    line = assert_error(outcome, "File too large")
+    assert str(full) in line
+    assert not (full / "bob").exists() and not list(full.rglob("*.wav")) and not list(full.rglob("*.tmp"))
+    assert not (full / ".voiceprint_journal.json").exists()  # nothing half-written: no speaker, no staged take
+    record("library", "the disk fills up while registering", "infer_recognition.py --register", line)
