@@ -44,7 +44,7 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
@@ -307,6 +307,20 @@ class _Guard:
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
+        if refusal is None and scope.get("method") == "OPTIONS":
+            # what the path allows, and no CORS permission: another origin's preflight still fails
+            allow = "GET, HEAD, POST, DELETE, OPTIONS"
+            await Response(status_code=204, headers={"Allow": allow})(scope, receive, send_with_headers)
+            return
+        if refusal is None and scope.get("method") == "HEAD":  # a GET without its body
+
+            async def send_head(message: dict) -> None:
+                if message["type"] == "http.response.body":
+                    message = {**message, "body": b""}
+                await send_with_headers(message)
+
+            await self.app({**scope, "method": "GET"}, receive, send_head)
+            return
         if refusal is None:
             await self.app(scope, receive, send_with_headers)
             return

@@ -269,6 +269,19 @@ def test_security_headers_on_every_response(client) -> None:
         assert response.headers["x-frame-options"] == "DENY"
         assert response.headers["x-content-type-options"] == "nosniff"
         assert response.headers["referrer-policy"] == "no-referrer"
+    # HEAD is a GET without a body; OPTIONS says what is allowed but grants no other origin anything
+    for path in ("/", "/health"):
+        head = client.head(path)
+        assert (
+            head.status_code == 200
+            and head.content == b""
+            and "frame-ancestors" in head.headers["content-security-policy"]
+        )
+    options = client.options(
+        "/register", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
+    )
+    assert options.status_code == 204 and "POST" in options.headers["allow"]
+    assert not any(k.lower().startswith("access-control-allow") for k in options.headers)
 
 
 def test_concurrent_load_has_no_errors(server, enrolled, speech, shared_data: Path) -> None:
