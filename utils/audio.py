@@ -92,10 +92,14 @@ def load_audio(
                 # a header claiming e.g. 1 Hz would be "resampled" into gigabytes (or minutes of filter design)
                 raise AudioError(f"audio file {path} has an implausible sample rate of {source_rate} Hz")
             start = int(round(start_seconds * source_rate))
-            if start:
-                f.seek(min(start, max(f.frames - 1, 0)) if f.frames > 0 else 0)
             frames = -1 if max_seconds is None else int(round(max_seconds * source_rate))
-            data = f.read(frames=frames, dtype="float32", always_2d=True)
+            # libmpg123 prints harmless resync chatter after an MP3 seek; hidden in the main thread only
+            # (fd 2 is the process's: another thread's real error must not vanish)
+            quiet = start and threading.current_thread() is threading.main_thread()
+            with quiet_c_stderr() if quiet else contextlib.nullcontext():
+                if start:
+                    f.seek(min(start, max(f.frames - 1, 0)) if f.frames > 0 else 0)
+                data = f.read(frames=frames, dtype="float32", always_2d=True)
     except AudioError:
         raise
     except Exception as exc:

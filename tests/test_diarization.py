@@ -1,0 +1,195 @@
+"""Who spoke when (utils/diarization.py, infer_diarization.py): the pieces on synthetic input, then the whole
+script on a real conversation of LibriSpeech dev speakers, named from a library and scored with pyannote."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from utils.audio import SAMPLE_RATE, VAD_WINDOW
+from utils.diarization import (
+    FRAME,
+    Diarization,
+    Segment,
+    cluster_windows,
+    frame_labels,
+    frame_runs,
+    speech_regions,
+    window_bounds,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+STEP = VAD_WINDOW / SAMPLE_RATE  # seconds per speech probability
+
+
+def test_speech_regions_bridge_short_pauses_and_drop_blips() -> None:
+    probabilities = np.zeros(int(10 / STEP), dtype=np.float32)
+    on = lambda a, b: probabilities.__setitem__(slice(int(a / STEP), int(b / STEP)), 0.9)  # noqa: E731
+    on(1.0, 3.0)
+    on(3.2, 4.0)  # a 0.2 s pause: the same region
+    on(6.0, 6.1)  # a 0.1 s blip: no region
+    on(7.0, 9.0)
+    regions = speech_regions(probabilities)
+    assert [(round(a, 1), round(b, 1)) for a, b in regions] == [(1.0, 4.0), (7.0, 9.0)]
+
+
+def test_windows_cover_each_region_to_its_end() -> None:
+    bounds = window_bounds([(0.0, 5.0), (6.0, 6.8)], window=1.5, hop=0.75)
+    assert bounds[0] == (0.0, 1.5) and bounds[-2] == (3.5, 5.0) and bounds[-1] == (6.0, 6.8)
+    assert all(b - a == pytest.approx(1.5) for a, b in bounds[:-1])
+    starts = [a for a, _ in bounds[:-2]]
+    assert np.allclose(np.diff(starts), 0.75)
+
+
+def clustered(sizes: list[int], spread: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((len(sizes), 64))
+    emb = np.concatenate([c + spread * rng.standard_normal((n, 64)) for c, n in zip(centres, sizes)])
+    truth = np.concatenate([np.full(n, k) for k, n in enumerate(sizes)])
+    order = rng.permutation(len(emb))  # speakers take turns in any order
+    return (emb / np.linalg.norm(emb, axis=1, keepdims=True))[order], truth[order]
+
+
+@pytest.mark.parametrize("sizes", [[40, 25, 12], [30, 30], [50, 20, 20, 10]])
+def test_spectral_clustering_finds_the_speakers_and_their_count(sizes: list[int]) -> None:
+    emb, truth = clustered(sizes, spread=0.6)
+    labels = cluster_windows(emb, np.full(len(emb), 0.75))
+    assert len(np.unique(labels)) == len(sizes)
+    # the same partition (labels are numbered by first appearance, not as the truth)
+    pairs_same = np.equal.outer(labels, labels) == np.equal.outer(truth, truth)
+    assert pairs_same.all()
+    assert labels[0] == 0 and set(np.unique(labels)) == set(range(len(sizes)))
+
+
+def test_clustering_obeys_a_given_count_and_one_voice_stays_one() -> None:
+    emb, _ = clustered([30, 30, 20], spread=0.6)
+    assert len(np.unique(cluster_windows(emb, np.full(len(emb), 0.75), num_speakers=2))) == 2
+    one, _ = clustered([60], spread=0.6)
+    assert len(np.unique(cluster_windows(one, np.full(len(one), 0.75)))) == 1
+
+
+def test_frames_take_the_nearest_window_and_runs_become_segments() -> None:
+    regions = [(0.0, 3.0), (4.0, 5.0)]
+    bounds = [(0.0, 1.5), (1.5, 3.0), (4.0, 5.0)]
+    frames = frame_labels(regions, bounds, np.array([0, 1, 0]), duration=6.0)
+    assert (frames[: int(1.5 / FRAME)] == 0).all() and (frames[int(1.5 / FRAME) : int(3.0 / FRAME)] == 1).all()
+    assert (frames[int(3.0 / FRAME) : int(4.0 / FRAME)] == -1).all()  # a pause belongs to nobody
+    runs = [(round(a, 1), round(b, 1), k) for a, b, k in frame_runs(frames)]
+    assert runs == [(0.0, 1.5, 0), (1.5, 3.0, 1), (4.0, 5.0, 0)]
+
+
+def test_rttm_is_one_speaker_line_per_segment() -> None:
+    result = Diarization([Segment(0.5, 2.25, "Ann Lee", True, 0.8), Segment(3.0, 4.0, "unknown-1", False, None)],
+                         duration=5.0, speech_seconds=2.75, windows=4)  # fmt: skip
+    lines = result.to_rttm("my meeting").splitlines()
+    assert lines == [
+        "SPEAKER my_meeting 1 0.500 1.750 <NA> <NA> Ann_Lee <NA> <NA>",
+        "SPEAKER my_meeting 1 3.000 1.000 <NA> <NA> unknown-1 <NA> <NA>",
+    ]
+
+
+# the whole script on real speech
+
+
+@pytest.fixture(scope="module")
+def conversation(shared_data: Path, tmp_path_factory) -> dict:
+    """A 70 s conversation of three dev-clean speakers (whole utterances, pauses), two of them enrolled in a
+    library from other utterances, with its reference turns."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.diarization_eval import build_conversation, utterances
+    from utils.embedder import Embedder
+    from utils.speaker_db import SpeakerDB
+
+    folder = tmp_path_factory.mktemp("conversation")
+    rng = np.random.default_rng(1)
+    speakers = {"777": "ann", "1272": "bob", "1988": None}
+    pool = {}
+    for s in speakers:
+        order = utterances(shared_data, s)
+        rng.shuffle(order)
+        pool[s] = order
+    db = SpeakerDB(folder / "db", Embedder(ROOT / "models" / "voiceprint_resnet34.pt", device="cpu"))
+    for s in ("777", "1272"):
+        db.register(speakers[s], pool[s][-3:])
+        pool[s] = pool[s][:-3]
+    wav, turns, _ = build_conversation(pool, list(speakers), 70 / 60, False, rng)
+    sf.write(folder / "talk.mp3", wav, SAMPLE_RATE)  # any format the loader reads
+    return {"folder": folder, "turns": [(a, b, speakers[s] or "stranger") for a, b, s in turns]}
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "infer_diarization.py", *args, "--device", "cpu"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+def test_who_spoke_when_with_names_from_the_library(conversation: dict) -> None:
+    pytest.importorskip(
+        "pyannote.metrics", reason="pyannote.metrics is not installed (pip install -r requirements.txt)"
+    )
+    from pyannote.core import Annotation
+    from pyannote.core import Segment as Span
+    from pyannote.database.util import load_rttm
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
+    folder = conversation["folder"]
+    out = folder / "out"
+    result = run("--audio_path", str(folder / "talk.mp3"), "--audio_db", str(folder / "db"), "--json_path",
+                 str(out / "d.json"), "--rttm_path", str(out / "d.rttm"), "--plot_path", str(out / "d.png"),
+                 "--export_dir", str(out / "unknown"))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads((out / "d.json").read_text())
+    assert set(found["speakers"]) == {"ann", "bob", "unknown-1"}, found["speakers"]
+    assert found["speakers"]["ann"]["enrolled"] and not found["speakers"]["unknown-1"]["enrolled"]
+    # scored like any diarization system: the RTTM against the reference, with pyannote.metrics
+    reference = Annotation()
+    for k, (a, b, name) in enumerate(conversation["turns"]):
+        reference[Span(a, b), k] = name
+    hypothesis = next(iter(load_rttm(str(out / "d.rttm")).values()))
+    der = DiarizationErrorRate(collar=0.25)(reference, hypothesis)
+    assert der < 0.10, (der, result.stdout)
+    stranger = reference.label_timeline("stranger")
+    for name in ("ann", "bob"):  # the enrolled speakers' time carries their names
+        theirs = reference.label_timeline(name)
+        named = hypothesis.label_timeline(name).crop(theirs).duration()
+        assert named / theirs.duration() > 0.85, (name, named, theirs.duration())
+    # the stranger is a speaker of their own, not enrolled: at most a stray window or two takes a name
+    as_unknown = hypothesis.label_timeline("unknown-1").crop(stranger).duration()
+    as_enrolled = sum(hypothesis.label_timeline(n).crop(stranger).duration() for n in ("ann", "bob"))
+    assert as_unknown / stranger.duration() > 0.75 and as_enrolled / stranger.duration() < 0.1, (
+        as_unknown,
+        as_enrolled,
+    )
+    assert (out / "d.png").stat().st_size > 5000 and "unknown-1: listen to" in result.stdout
+    # enrol the stranger from the exported turns: the next run names them, consistently
+    exported = sorted((out / "unknown").glob("unknown-1_*.wav"))
+    assert exported and all(sf.info(str(p)).samplerate == SAMPLE_RATE for p in exported)
+    subprocess.run([sys.executable, "infer_recognition.py", "--audio_db", str(folder / "db"), "--register", "cy",
+                    "--audio_path", *map(str, exported), "--device", "cpu"], cwd=ROOT, check=True,
+                   capture_output=True)  # fmt: skip
+    again = run("--audio_path", str(folder / "talk.mp3"), "--audio_db", str(folder / "db"), "--json_path",
+                str(out / "again.json"))  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert set(json.loads((out / "again.json").read_text())["speakers"]) == {"ann", "bob", "cy"}
+
+
+def test_known_count_and_bad_input(conversation: dict, tmp_path: Path) -> None:
+    folder = conversation["folder"]
+    two = run("--audio_path", str(folder / "talk.mp3"), "--num_speakers", "2", "--json_path", str(tmp_path / "2.json"))
+    assert two.returncode == 0 and len(json.loads((tmp_path / "2.json").read_text())["speakers"]) == 2
+    noise = tmp_path / "noise.wav"
+    sf.write(noise, np.random.default_rng(0).normal(0, 0.1, 5 * SAMPLE_RATE).astype(np.float32), SAMPLE_RATE)
+    for args, expected in (
+        (["--audio_path", str(noise)], f"no speech detected in {noise}"),
+        (["--audio_path", str(tmp_path / "missing.wav")], "not found"),
+        (["--audio_path", str(folder / "talk.mp3"), "--num_speakers", "0"], "--num_speakers must be 1..50"),
+        (["--audio_path", str(folder / "talk.mp3"), "--audio_db", str(tmp_path / "nope")], "is not a folder"),
+    ):
+        outcome = run(*args)
+        assert outcome.returncode == 1 and "Traceback" not in outcome.stderr, outcome.stderr[-2000:]
+        assert expected in outcome.stderr.strip().splitlines()[-1], (args, outcome.stderr)
