@@ -12,6 +12,10 @@ File mode (no microphone needed):
     python infer_recognition.py --remove alice
     python infer_recognition.py --calibrate     # thresholds measured on the library's own recordings
 
+Live (microphone): "now speaking: alice (0.78)" / "unknown" / "no speech", updated 4 times a second from
+the last 2 s of audio, until Ctrl-C (or --live_seconds):
+    python infer_recognition.py --live
+
 `--calibrate` scores the enrolled recordings against each other (needs at least 2 speakers with 2 or more
 recordings each), stores the 1:1 and 1:N thresholds in audio_db/.voiceprint_calibration.json and prints them
 with their trial counts; every later recognition, infer_server.py and infer_contrast.py --audio_db use them.
@@ -57,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     # microphone
     parser.add_argument("--record_seconds", type=float, default=3.0, help="length of each microphone recording")
+    parser.add_argument("--live", action="store_true", help="who is speaking now, from the microphone, continuously")
+    parser.add_argument(
+        "--live_seconds", type=float, default=None, help="--live: stop after this long (default: Ctrl-C)"
+    )
+    parser.add_argument("--live_audio", default=None, help="--live: also keep what was heard as a 16 kHz WAV here")
     # file mode
     parser.add_argument("--register", metavar="NAME", default=None, help="enrol NAME from --audio_path files")
     parser.add_argument("--audio_path", nargs="+", metavar="FILE", default=None, help="recordings for --register")
@@ -98,7 +107,9 @@ def _run(args: argparse.Namespace) -> int:
     from utils.speaker_db import MIN_REGISTER_SECONDS, SpeakerDB, validate_name
 
     modes = [
-        m for m in ("register", "recognize", "list", "remove", "calibrate") if getattr(args, m) not in (None, False)
+        m
+        for m in ("register", "recognize", "list", "remove", "calibrate", "live")
+        if getattr(args, m) not in (None, False)
     ]
     if len(modes) > 1:
         fail(f"choose one of --{', --'.join(modes)}")
@@ -119,8 +130,14 @@ def _run(args: argparse.Namespace) -> int:
         _check_files(args.recognize)
     elif mode == "remove":
         validate_name(args.remove)
-    elif mode == "interactive":
+    elif mode in ("interactive", "live"):
         _check_microphone()
+    if args.live_seconds is not None and not (mode == "live" and 0 < args.live_seconds < 1e6):
+        fail("--live_seconds goes with --live and must be a positive number of seconds")
+    if args.live_audio is not None:
+        if mode != "live":
+            fail("--live_audio goes with --live")
+        check_output_file(args.live_audio, "--live_audio")
 
     if mode in ("list", "remove"):  # no embeddings needed: skip loading the model
         db = SpeakerDB(args.audio_db, None, threshold=args.threshold)
@@ -145,6 +162,9 @@ def _run(args: argparse.Namespace) -> int:
     if mode == "interactive":
         about()
         return _interactive(db, args)
+    if mode == "live":
+        about()
+        return _live(db, args)
     if mode == "calibrate":
         code = _calibrate(db, args)
     else:
@@ -282,6 +302,47 @@ def _describe(result: Any) -> str:
 
 
 # microphone
+
+
+def _live(db: Any, args: argparse.Namespace) -> int:
+    """Who is speaking now: one line per change (a terminal: one line rewritten in place, with a meter)."""
+    from utils.live import LiveRecognizer
+    from utils.record import level_meter, stream
+
+    if not len(db):
+        print(f"warning: no speakers registered in {args.audio_db}: everyone is 'unknown'")
+    live = LiveRecognizer(db)
+    timeline, heard, shown = [], [], None
+    tty = sys.stdout.isatty()
+    print("listening (Ctrl-C to stop)", flush=True)
+    try:
+        for block in stream(args.live_seconds):
+            if args.live_audio:
+                heard.append(block)
+            for state in live.push(block):
+                timeline.append(state.to_dict())
+                if tty:
+                    meter = level_meter(10 ** (state.level_dbfs / 20))
+                    print(f"\r{state.time:7.2f} s  {meter}  {state.text():<48}", end="", flush=True)
+                elif state.text() != shown:
+                    print(f"{state.time:7.2f} s  {state.text()}", flush=True)
+                shown = state.text()
+    finally:  # Ctrl-C too: what was heard and decided is kept
+        if tty:
+            print()
+        if args.live_audio and heard:
+            import io
+
+            import numpy as np
+            import soundfile as sf
+
+            from utils.fileio import atomic_write_bytes
+
+            buffer = io.BytesIO()
+            sf.write(buffer, np.concatenate(heard), 16000, subtype="PCM_16", format="WAV")
+            atomic_write_bytes(args.live_audio, buffer.getvalue())
+        _write_json(args.json_path, {"timeline": timeline})
+    return 0
 
 
 def _record_with_meter(record: Any, seconds: float) -> Any:

@@ -17,7 +17,7 @@ milliseconds is silenced too.)
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -197,3 +197,65 @@ def _record_from(
 
         wav = resample(wav, rate, sample_rate)
     return np.ascontiguousarray(np.clip(wav, -1.0, 1.0), dtype=np.float32)
+
+
+def stream(seconds: float | None = None, sample_rate: int = SAMPLE_RATE) -> Iterator[np.ndarray]:
+    """Blocks of live audio from the default input device as they arrive (float32 mono at `sample_rate`,
+    about 64 ms each), for `seconds` (None: until the caller stops iterating). The device is closed when
+    the generator ends or is closed (Ctrl-C included)."""
+    import queue
+
+    pyaudio = _import_pyaudio()
+    pa = _open_pyaudio(pyaudio)
+    blocks: queue.Queue = queue.Queue()
+    stream_ = None
+    try:
+        info = _default_input(pa)
+        if info is None:
+            raise MicrophoneError(NO_DEVICE_MESSAGE)
+        device_rate = int(round(float(info.get("defaultSampleRate") or sample_rate)))
+        device_channels = max(1, min(int(info["maxInputChannels"]), 2))
+
+        def callback(in_data: bytes | None, frame_count: int, time_info: Any, status: int) -> tuple[None, int]:
+            blocks.put(in_data or b"")
+            return None, pyaudio.paContinue
+
+        last_error: BaseException | None = None
+        for rate, channels in dict.fromkeys([(sample_rate, 1), (device_rate, 1), (device_rate, device_channels)]):
+            try:
+                with quiet_c_stderr():
+                    stream_ = pa.open(format=pyaudio.paInt16, channels=channels, rate=rate, input=True,
+                                      input_device_index=int(info["index"]), frames_per_buffer=FRAMES_PER_BUFFER,
+                                      stream_callback=callback)  # fmt: skip
+                break
+            except (OSError, ValueError) as exc:
+                last_error = exc
+        if stream_ is None:
+            raise MicrophoneError(f"cannot open microphone '{info.get('name', 'default')}' ({_short(last_error)}); "
+                                  f"{FILE_MODE_HINT}")  # fmt: skip
+        stream_.start_stream()
+        delivered = 0
+        while seconds is None or delivered < seconds * sample_rate:
+            try:
+                data = blocks.get(timeout=STALL_SECONDS)
+            except queue.Empty:
+                raise MicrophoneError(f"the microphone delivered no audio for {STALL_SECONDS:g} s") from None
+            pcm = np.frombuffer(data, dtype="<i2")
+            wav = (pcm[: len(pcm) // channels * channels].reshape(-1, channels).astype(np.float32) / 32768.0).mean(1)
+            if rate != sample_rate:
+                from utils.audio import resample
+
+                wav = resample(wav, rate, sample_rate)
+            if seconds is not None:
+                wav = wav[: int(seconds * sample_rate) - delivered]
+            delivered += len(wav)
+            yield np.ascontiguousarray(wav, dtype=np.float32)
+    finally:
+        with quiet_c_stderr():
+            if stream_ is not None:
+                try:
+                    stream_.stop_stream()
+                except OSError:
+                    pass
+                stream_.close()
+        _terminate(pa)
