@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -57,6 +57,8 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_REGISTER_FILES = 16
 MULTIPART_SLACK = 64 * 1024  # boundaries, part headers and the name field on top of the audio bytes
 # how many audio files each endpoint takes: its request body may hold that many --max_upload_mb files
+LIVE_MESSAGE_BYTES = 64000  # 2 s of 16 kHz 16-bit audio per WebSocket message at most
+LIVE_MAX_SECONDS = 4 * 3600.0  # one live session
 REGISTER_BODY_FILES = 4  # a registration's whole body holds at most this many --max_upload_mb files' worth
 FILES_PER_REQUEST = {"/contrast": 2, "/recognize": 1, "/register": REGISTER_BODY_FILES}
 
@@ -230,8 +232,8 @@ def timed_protocol(header_seconds: float) -> type:
                 self._arm()
             before = self.cycle
             super().data_received(data)
-            if self.cycle is not before:  # a request's headers are complete
-                self._disarm()
+            if self.cycle is not before or self.transport.get_protocol() is not self:
+                self._disarm()  # a request's headers are complete, or the connection became a WebSocket
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
@@ -248,7 +250,7 @@ def timed_protocol(header_seconds: float) -> type:
 
         def _too_slow(self) -> None:
             self._header_timer = None
-            if not self.transport.is_closing():
+            if not self.transport.is_closing() and self.transport.get_protocol() is self:
                 self.transport.close()
 
     return TimedH11Protocol
@@ -293,6 +295,13 @@ class _Guard:
         self.api_key = api_key
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "websocket":
+            # a WebSocket ignores CORS: any page may open one, so its Origin must be this server's
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+            refusal = self.refusal({**scope, "method": "POST", "scheme": "http"}, headers, websocket=True)
+            if refusal is not None:
+                await send({"type": "websocket.close", "code": 1008, "reason": refusal[1][:120]})
+                return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -329,7 +338,7 @@ class _Guard:
         response = JSONResponse({"detail": detail}, status_code=status, headers=extra)
         await response(scope, receive, send_with_headers)
 
-    def refusal(self, scope: dict, headers: dict[str, str]) -> tuple[int, str] | None:
+    def refusal(self, scope: dict, headers: dict[str, str], websocket: bool = False) -> tuple[int, str] | None:
         host = headers.get("host", "")
         if _host_name(host).lower() not in self.allowed_hosts:
             return 400, f"host not allowed: {host[:100]!r} (start the server with --allowed_hosts to add it)"
@@ -343,6 +352,11 @@ class _Guard:
         path = scope.get("path", "")
         if self.api_key and not (path in OPEN_PATHS or path.startswith(("/static/", "/docs"))):
             given = headers.get("authorization", "")
+            if websocket:  # a browser cannot set headers on a WebSocket: the key comes as ?key=
+                from urllib.parse import parse_qs
+
+                keys = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("key", [""])
+                given = f"Bearer {keys[0]}"
             if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
                 return 401, "missing or wrong API key (send Authorization: Bearer KEY)"
         return None
@@ -581,6 +595,41 @@ def health(svc: ServiceDep) -> dict:
         "threshold": svc.recognition_threshold,
         "contrast_threshold": svc.threshold,
     }
+
+
+def _live_push(svc: Service, recognizer: Any, samples: np.ndarray) -> list:
+    with svc.model_slot:  # the model is shared with the HTTP routes: the same bound
+        return recognizer.push(samples)
+
+
+@router.websocket("/live")
+async def live(websocket: WebSocket) -> None:
+    """Who is speaking now: the client sends 16 kHz mono 16-bit PCM (binary messages, any size up to
+    LIVE_MESSAGE_BYTES); the server answers with a JSON LiveState every 0.25 s of audio (utils/live.py)."""
+    from starlette.concurrency import run_in_threadpool
+
+    from utils.live import LiveRecognizer
+
+    svc: Service = websocket.app.state.service
+    await websocket.accept()
+    recognizer = LiveRecognizer(svc.db)
+    try:
+        while True:
+            data = await websocket.receive_bytes()
+            if len(data) > LIVE_MESSAGE_BYTES or len(data) % 2:
+                await websocket.close(
+                    code=1009, reason=f"send 16-bit PCM in pieces of at most {LIVE_MESSAGE_BYTES} bytes"
+                )
+                return
+            if recognizer.received / SAMPLE_RATE > LIVE_MAX_SECONDS:
+                await websocket.close(code=1008, reason=f"a live session lasts at most {LIVE_MAX_SECONDS:g} s")
+                return
+            samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+
+            for state in await run_in_threadpool(_live_push, svc, recognizer, samples):
+                await websocket.send_json(state.to_dict())
+    except WebSocketDisconnect:
+        return
 
 
 # the app

@@ -342,6 +342,95 @@ async function refreshSpeakers() {
   }
 }
 
+// live: the microphone streams 16 kHz 16-bit PCM over a WebSocket; the server answers 4 times a second
+
+const LIVE_SEND_SECONDS = 0.25;
+let live = null; // {socket, capture, pending, timeline}
+
+async function toggleLive() {
+  if (live) {
+    stopLive();
+    return;
+  }
+  const key = sessionStorage.getItem("voiceprint-api-key");
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const query = key ? `?key=${encodeURIComponent(key)}` : "";
+  const socket = new WebSocket(`${scheme}://${location.host}/live${query}`);
+  socket.binaryType = "arraybuffer";
+  live = { socket, capture: null, pending: [], pendingLength: 0, timeline: [] };
+  const state = live;
+  socket.onmessage = (event) => showLive(state, JSON.parse(event.data));
+  socket.onclose = (event) => {
+    if (live === state) {
+      stopLive();
+      if (event.code !== 1000) $("live").textContent = `stopped: ${event.reason || "connection closed"}`;
+    }
+  };
+  await new Promise((resolve, reject) => {
+    socket.onopen = resolve;
+    socket.onerror = () => reject(new Error("cannot open the live connection"));
+  });
+  const capture = await startRecording("live");
+  state.capture = capture;
+  if (capture.node.port) capture.node.port.onmessage = (event) => sendLive(state, event.data);
+  else capture.node.onaudioprocess = (event) => sendLive(state, new Float32Array(event.inputBuffer.getChannelData(0)));
+  $("live-toggle").textContent = "Stop live";
+  $("live").textContent = "listening...";
+}
+
+function sendLive(state, block) {
+  state.pending.push(block);
+  state.pendingLength += block.length;
+  if (state.pendingLength < LIVE_SEND_SECONDS * state.capture.rate) return;
+  const samples = new Float32Array(state.pendingLength);
+  let offset = 0;
+  for (const b of state.pending) {
+    samples.set(b, offset);
+    offset += b.length;
+  }
+  state.pending = [];
+  state.pendingLength = 0;
+  const pcm16k = resample(samples, state.capture.rate, TARGET_RATE);
+  const pcm = new Int16Array(pcm16k.length);
+  for (let i = 0; i < pcm.length; i++) {
+    const s = Math.max(-1, Math.min(1, pcm16k[i]));
+    pcm[i] = s < 0 ? s * 0x8000 : s * 0x7fff;
+  }
+  if (state.socket.readyState === WebSocket.OPEN) state.socket.send(pcm.buffer);
+}
+
+function showLive(state, decision) {
+  state.timeline.push(decision);
+  const label = $("live");
+  label.dataset.label = decision.label;
+  label.dataset.time = decision.time.toFixed(2);
+  label.textContent =
+    decision.label === "no speech"
+      ? "no speech"
+      : decision.name
+        ? `now speaking: ${decision.name} (${decision.score.toFixed(2)})`
+        : `now speaking: unknown (best: ${decision.best} ${decision.score.toFixed(2)})`;
+  const peak = Math.pow(10, decision.level_dbfs / 20);
+  $("live-level-bar").style.width = `${Math.min(100, Math.round(peak * 100))}%`;
+  document.body.dataset.liveTimeline = JSON.stringify(state.timeline.slice(-400));
+}
+
+function stopLive() {
+  const state = live;
+  live = null;
+  if (!state) return;
+  if (state.capture) stopRecording(state.capture);
+  if (state.socket.readyState <= WebSocket.OPEN) state.socket.close(1000);
+  $("live-toggle").textContent = "Start live";
+}
+
+$("live-toggle").addEventListener("click", () =>
+  toggleLive().catch((error) => {
+    stopLive();
+    $("live").textContent = `error: ${error.message}`;
+  }),
+);
+
 for (const button of document.querySelectorAll("button[data-slot]")) {
   button.addEventListener("click", () => toggleRecording(button));
 }

@@ -242,3 +242,57 @@ def test_another_origin_cannot_enrol_or_delete(playwright_api, shared_data: Path
     assert '"POST /register HTTP/1.1" 403' in log, log[-3000:]  # it arrived, and the server said no
     # the preflight gets no CORS permission, so Chromium never sends the DELETE itself
     assert "blocked" in title.split(", ")[1] and "DELETE /speakers" not in log, (title, log[-3000:])
+
+
+def test_live_view_names_who_is_speaking(playwright_api, shared_data: Path, tmp_path: Path) -> None:
+    """The page's live view: its microphone (Chromium's fake capture) plays ann for 7 s, then bob; the
+    server's /live WebSocket answers 4 times a second and the page shows the name; the change to bob is
+    shown within 1.5 s of stream time."""
+    import json
+
+    from benchmarks.server_load import ServerProcess
+    from utils.audio import load_audio
+    from utils.embedder import Embedder
+    from utils.speaker_db import SpeakerDB
+
+    files = {name: sorted((shared_data / "librispeech" / "dev-clean" / s).rglob("*.mp3")) for name, s in
+             (("ann", "1272"), ("bob", "2035"))}  # fmt: skip
+    library = tmp_path / "db"
+    db = SpeakerDB(library, Embedder(ROOT / "models" / "voiceprint_resnet34.pt", device="cpu"))
+    for name, paths in files.items():
+        db.register(name, paths[:3])
+    db.calibrate()
+    parts = []
+    for name in ("ann", "bob"):
+        wav = np.concatenate([load_audio(p) for p in files[name][5:8]])[: 7 * 16000]
+        parts.append(wav / np.max(np.abs(wav)) * 0.5)
+    talk = tmp_path / "talk.wav"
+    from utils.audio import resample
+
+    sf.write(talk, resample(np.concatenate(parts).astype(np.float32), 16000, CAPTURE_RATE), CAPTURE_RATE,
+             subtype="PCM_16")  # fmt: skip
+    with ServerProcess(library, "--device", "cpu") as server:
+        browser = playwright_api.chromium.launch(
+            executable_path=str(CHROMIUM), args=[*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={talk}"]
+        )
+        try:
+            page = browser.new_page()
+            page.goto(server.url)
+            page.click("#live-toggle")
+            page.wait_for_selector("#live[data-label='ann']", timeout=20000)
+            page.wait_for_selector("#live[data-label='bob']", timeout=20000)
+            page.wait_for_timeout(2500)
+            timeline = json.loads(page.get_attribute("body", "data-live-timeline"))
+            shown = page.text_content("#live")
+            page.click("#live-toggle")
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT.with_name("live.png")), full_page=True)
+        finally:
+            browser.close()
+    assert shown.startswith("now speaking: bob ("), shown
+    change = 7.0  # in the played file; the stream may have started a little into it, which only shortens this
+    after = [s for s in timeline if s["time"] > change]
+    settled = next(s["time"] for k, s in enumerate(after) if all(t["label"] == "bob" for t in after[k : k + 4]))
+    print(f"page: speaker change -> new label within {settled - change:.2f} s of stream time")
+    assert settled - change <= 1.5
+    assert any(s["label"] == "ann" for s in timeline if s["time"] < change)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -359,6 +360,35 @@ def test_slow_clients_are_cut_off_and_big_registrations_refused(server, client) 
     blob = ("take.wav", b"RIFF" + b"\0" * int(0.9 * 2**20), "audio/wav")
     too_much = client.post("/register", data={"name": "big"}, files=[("files", blob)] * 5)
     assert too_much.status_code == 413 and "at most 4 MB in one request" in too_much.json()["detail"]
+
+
+def test_live_websocket_follows_the_speaker_and_refuses_other_origins(server, enrolled, speech) -> None:
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    from utils.audio import load_audio
+
+    carol, alice = (load_audio(speech[name][3])[: 5 * 16000] for name in ("carol", "alice"))
+    pcm = (np.clip(np.concatenate([carol, alice]), -1, 1) * 32767).astype("<i2").tobytes()
+    url = f"ws://127.0.0.1:{server.port}/live"
+    states = []
+    with connect(url, origin=server.url) as socket:
+        for start in range(0, len(pcm), 8000):  # 0.25 s per message, faster than real time
+            socket.send(pcm[start : start + 8000])
+            states.append(json.loads(socket.recv(timeout=60)))
+    assert [round(s["time"], 2) for s in states] == [round(0.25 * (k + 1), 2) for k in range(40)]
+    first, second = [s for s in states if 1.5 <= s["time"] <= 5.0], [s for s in states if s["time"] >= 6.5]
+    assert sum(s["best"] == "carol" for s in first) >= 0.8 * len(first), first
+    assert sum(s["best"] == "alice" for s in second) >= 0.8 * len(second), second
+    assert {"label", "name", "score", "speech_seconds", "level_dbfs"} <= set(states[-1])
+    # a WebSocket ignores CORS: another origin's page is refused by the server itself
+    with pytest.raises(InvalidStatus) as refused:
+        connect(url, origin="http://evil.example")
+    assert refused.value.response.status_code == 403
+    with pytest.raises(Exception, match="1009|at most"):  # a message over the size limit ends the session
+        with connect(url, origin=server.url) as socket:
+            socket.send(b"\0" * 70000)
+            socket.recv(timeout=30)
 
 
 def test_library_is_shared_with_infer_recognition(server, enrolled) -> None:
