@@ -16,7 +16,8 @@ Steps, all on the model and speech detector the rest of the toolkit uses:
 4. every 0.1 s frame of speech takes the label of the window centred nearest to it; runs of one label
    become segments;
 5. one voice per speaker: each cluster's longest speech (up to 30 s) is embedded as one recording;
-   clusters that are the same person at the 1:1 operating point are merged (count unknown);
+   clusters that are one person at the 1:N operating point are merged, and so are clusters nobody
+   enrolled at the 1:1 operating point (count unknown);
 6. names: those embeddings are recognised against the library at its 1:N threshold (calibrated by
    length where the library is); the others are unknown-1, unknown-2, ... in order of appearance.
 """
@@ -36,7 +37,8 @@ FRAME = 0.1  # seconds: the resolution of the output segments
 PRUNE = 0.2  # each window's affinity keeps its nearest 20% of windows (chosen on the validation speakers)
 MAX_SPEAKERS = 8  # the most speakers the eigen-gap may find
 CENTRE_MERGE = 0.8  # clusters whose centres are at least this alike are one speaker
-SWITCH_PENALTY = 0.4  # re-segmentation: cost of a speaker change, in cosine (chosen on the validation speakers)
+SWITCH_PENALTY = 0.1  # re-segmentation: cost of a speaker change, in cosine (chosen on the validation speakers,
+# clean and overlapping conversations: 0.1 keeps odd windows out of turns without breaking overlaps)
 MIN_REGION = 0.3  # seconds of speech a region needs to count
 MIN_GAP = 0.3  # pauses shorter than this do not split a region
 MIN_CLUSTER_SECONDS = 3.0  # a cluster with less speech than this joins its nearest neighbour (count unknown)
@@ -357,13 +359,20 @@ def speaker_embedding(source: _Source, runs: list[tuple[float, float, int]], lab
 
 
 def merge_same_voice(
-    source: _Source, runs: list[tuple[float, float, int]], embedder: Any, threshold: Any
+    source: _Source,
+    runs: list[tuple[float, float, int]],
+    embedder: Any,
+    threshold: Any,
+    voices: dict[int, tuple] | None = None,
+    only: set[int] | None = None,
 ) -> tuple[list[tuple[float, float, int]], dict[int, tuple]]:
-    """Clusters whose long-speech embeddings are one person at the 1:1 operating point (`threshold`(seconds))
-    are merged, most alike first: windows of 1.5 s split a voice that 30 s of it does not."""
-    voices = {k: speaker_embedding(source, runs, k, embedder) for k in sorted({r[2] for r in runs})}
+    """Clusters whose long-speech embeddings are one person at `threshold`(seconds) are merged, most alike
+    first: windows of 1.5 s split a voice that 30 s of it does not. `only`: merge among these clusters."""
+    if voices is None:
+        voices = {k: speaker_embedding(source, runs, k, embedder) for k in sorted({r[2] for r in runs})}
+    voices = dict(voices)
     while True:
-        known = [k for k, (emb, _) in voices.items() if emb is not None]
+        known = [k for k, (emb, _) in voices.items() if emb is not None and (only is None or k in only)]
         best = None
         for i, a in enumerate(known):
             for b in known[i + 1 :]:
@@ -432,6 +441,12 @@ def diarize(
     else:
         voices = {k: speaker_embedding(audio, runs, k, embedder) for k in sorted({r[2] for r in runs})}
     names = name_speakers(voices, db)
+    unknown = {k for k, (_, enrolled, _) in names.items() if not enrolled}
+    if num_speakers is None and len(unknown) > 1:
+        # two voices nobody enrolled that the 1:1 verifier calls one person are one person (a speaker
+        # recorded in two sessions); enrolled names already tell the others apart
+        runs, voices = merge_same_voice(audio, runs, embedder, _same_person_threshold(embedder, db), voices, unknown)
+        names = name_speakers(voices, db)
     segments = _merge_adjacent([Segment(a, b, *names[k]) for a, b, k in runs])
     speakers: dict[str, dict[str, Any]] = {}
     for s in segments:
@@ -441,6 +456,15 @@ def diarize(
     for entry in speakers.values():
         entry["score"] = None if entry["score"] is None else round(entry["score"], 3)
     return Diarization(segments, audio.duration, speech, len(bounds), speakers)
+
+
+def _same_person_threshold(embedder: Any, db: Any | None) -> Any:
+    """The 1:1 threshold by net speech seconds: a calibrated library's, else the model's."""
+    if db is not None and getattr(db, "calibration", None) is not None:
+        return db.verification_threshold_for
+    fixed = embedder.operating_points.verification
+    fixed = 0.55 if fixed is None else fixed
+    return lambda seconds: fixed
 
 
 def _one_person_threshold(embedder: Any, db: Any | None) -> Any:
