@@ -65,7 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def write_example(folder: Path, args: argparse.Namespace, embedder) -> None:
     import numpy as np
-    import soundfile as sf
 
     from utils.fileio import atomic_write_text
     from utils.speaker_db import SpeakerDB
@@ -85,7 +84,7 @@ def write_example(folder: Path, args: argparse.Namespace, embedder) -> None:
             db.register(names[s], pool[s][-3:])
         pool[s] = pool[s][:-3]
     wav, turns, _ = build_conversation(pool, list(names), args.minutes, False, rng)
-    sf.write(folder / "conversation.wav", wav, 16000, subtype="PCM_16")
+    write_wav(folder / "conversation.wav", wav)
     atomic_write_text(folder / "reference.rttm", "".join(
         f"SPEAKER conversation 1 {a:.3f} {b - a:.3f} <NA> <NA> {names[s]} <NA> <NA>\n" for a, b, s in turns))  # fmt: skip
     print(
@@ -134,6 +133,19 @@ def build_conversation(pool: dict, speakers: list[str], minutes: float, overlap:
         cursor, previous = start + len(wav) / 16000, speaker
         pieces.append(wav)
     return total[: int((cursor + 0.5) * 16000)], turns, used
+
+
+def write_wav(path: Path, wav) -> None:
+    """16-bit 16 kHz WAV, written atomically (utils.fileio)."""
+    import io
+
+    import soundfile as sf
+
+    from utils.fileio import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    sf.write(buffer, wav, 16000, subtype="PCM_16", format="WAV")
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def annotation(turns, uri: str):
@@ -222,10 +234,7 @@ def evaluate(set_name: str, variant: str, prune, penalty, args, embedder) -> dic
                 f"SPEAKER {uri} 1 {a:.3f} {b - a:.3f} <NA> <NA> {s} <NA> <NA>\n" for a, b, s in turns))  # fmt: skip
             atomic_write_text(folder / f"{uri}.hyp.rttm", result.to_rttm(uri))
         if args.save_audio and n == 0:
-            import soundfile as sf
-
-            Path(args.save_audio).mkdir(parents=True, exist_ok=True)
-            sf.write(Path(args.save_audio) / f"{uri}.wav", wav, 16000, subtype="PCM_16")
+            write_wav(Path(args.save_audio) / f"{uri}.wav", wav)
     named = [r["named_right"] for r in rows if r["named_right"] is not None]
     return {
         "set": set_name, "variant": variant, "prune": prune, "penalty": penalty, "conversations": len(rows),
