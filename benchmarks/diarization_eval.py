@@ -7,7 +7,9 @@ that are not in the conversation; the others are strangers. Reference RTTMs come
 
 Figures per set and variant: DER (pyannote.metrics, collar 0.25 s as in NIST evaluations, and 0 s),
 JER, the share of each enrolled speaker's time that carries their name, the share of strangers' time
-given an enrolled name, how often the speaker count was right, and the real-time factor.
+given an enrolled name, how often the speaker count was right, and the real-time factor. For the
+clean variant also live mode (utils/live.py, the library calibrated): the seconds from each change of
+speaker until the live label is the new speaker's name (or "unknown" for a stranger).
 
 Sets (../shared/data/librispeech/dev-clean):
   valid  251 652 1462 (held out of training by train.py): to choose --threshold, never to report
@@ -45,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--penalties", type=float, nargs="+", default=[None],
                         help="speaker-change costs to try (utils.diarization.SWITCH_PENALTY by default)")  # fmt: skip
     parser.add_argument("--window", type=float, default=1.5, help="window seconds (hop: half of it)")
+    parser.add_argument("--no_live", action="store_true", help="skip the live-mode latency measurement")
     parser.add_argument("--known_count", action="store_true", help="also give the true speaker count")
     parser.add_argument("--model_path", default=str(ROOT / "models" / "voiceprint_resnet34.pt"))
     parser.add_argument("--shared_data", default=str(ROOT.parent / "shared" / "data"), help="real speech folder")
@@ -191,6 +194,29 @@ def score(reference_turns, result, enrolled: set[str], uri: str) -> dict:
     }
 
 
+def live_latencies(wav, turns, enrolled: set[str], db) -> list[float]:
+    """Stream a conversation through utils.live.LiveRecognizer (as the microphone would, 0.1 s blocks) and
+    measure, for every change of speaker, the seconds until the label is the new speaker's (their name, or
+    "unknown" for a stranger) for a whole second; a change never followed that way counts as infinite."""
+    from utils.live import LiveRecognizer
+
+    live = LiveRecognizer(db)
+    states = []
+    for start in range(0, len(wav), 1600):
+        states += live.push(wav[start : start + 1600])
+    lags = []
+    for previous, turn in zip(turns, turns[1:]):
+        change, end, speaker = turn
+        if end - change < 2.5 or previous[2] == speaker:
+            continue  # too short a turn to settle on
+        expected = speaker if speaker in enrolled else "unknown"
+        after = [s for s in states if change < s.time <= end]
+        lag = next((s.time - change for k, s in enumerate(after) if all(t.label == expected for t in after[k : k + 4])),
+                   float("inf"))  # fmt: skip
+        lags.append(lag)
+    return lags
+
+
 def evaluate(set_name: str, variant: str, prune, penalty, args, embedder) -> dict:
     import numpy as np
 
@@ -202,7 +228,7 @@ def evaluate(set_name: str, variant: str, prune, penalty, args, embedder) -> dic
     data = Path(args.shared_data)
     rng = np.random.default_rng(args.seed + (1 if variant == "overlap" else 0))
     pools = {s: list(utterances(data, s)) for s in SETS[set_name]}
-    rows, seconds, wall = [], 0.0, 0.0
+    rows, seconds, wall, lags = [], 0.0, 0.0, []
     for n in range(args.conversations):
         count = int(rng.integers(2, min(4, len(SETS[set_name])) + 1))
         speakers = [str(s) for s in rng.choice(SETS[set_name], size=count, replace=False)]
@@ -223,6 +249,10 @@ def evaluate(set_name: str, variant: str, prune, penalty, args, embedder) -> dic
             result = diarization.diarize(wav, embedder, db, num_speakers=known, prune=prune, switch_penalty=penalty,
                                            window=args.window, hop=args.window / 2)  # fmt: skip
             wall += time.perf_counter() - began
+            if variant == "clean" and not args.no_live:
+                db.calibrate()  # live windows are 1.5 s: thresholds measured by length (after diarizing, which used the
+                # uncalibrated library)
+                lags += live_latencies(wav, turns, enrolled, db)
         seconds += len(wav) / 16000
         uri = f"{set_name}_{variant}_{n}"
         rows.append(score(turns, result, enrolled, uri))
@@ -244,6 +274,9 @@ def evaluate(set_name: str, variant: str, prune, penalty, args, embedder) -> dic
         "named_right": float(np.mean(named)) if named else None, "named_right_worst": float(min(named)) if named else None,
         "stranger_named": float(np.mean([r["stranger_named"] for r in rows])),
         "count_right": f"{sum(r['count_right'] for r in rows)}/{len(rows)}", "rtf": wall / seconds,
+        "live_changes": len(lags),
+        "live_latency_median": float(np.median(lags)) if lags else None,
+        "live_within_1.5s": float(np.mean(np.array(lags) <= 1.5)) if lags else None,
     }  # fmt: skip
 
 
@@ -272,7 +305,13 @@ def main(argv: list[str] | None = None) -> None:
                     f"named right {row['named_right']:.1%} (worst {row['named_right_worst']:.1%}), strangers' "
                     f"time given an enrolled name {row['stranger_named']:.1%}, speaker count right "
                     f"{row['count_right']}, RTF {row['rtf']:.3f} ({row['conversations']} conversations, "
-                    f"{row['minutes']} min)",
+                    f"{row['minutes']} min)"
+                    + (
+                        f"; live: {row['live_changes']} speaker changes, median {row['live_latency_median']:.2f} s "
+                        f"to the new label, {row['live_within_1.5s']:.0%} within 1.5 s"
+                        if row["live_changes"]
+                        else ""
+                    ),
                     flush=True,
                 )
     if args.json_path:
