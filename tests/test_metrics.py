@@ -30,6 +30,7 @@ EXPECTED_KEYS = {
     "tar_at_far_1pct",
     "tar_at_far_0.1pct",
     "threshold_at_far_1pct",
+    "threshold_at_far_0.1pct",
     "num_trials",
     "num_target",
     "num_nontarget",
@@ -177,6 +178,7 @@ def test_threshold_at_far_is_the_operating_point_of_tar_at_far():
     # stricter false accept targets need higher thresholds
     assert threshold_at_far(scores, labels, 0.001) > threshold_at_far(scores, labels, 0.1)
     assert trial_metrics(scores, labels)["threshold_at_far_1pct"] == threshold_at_far(scores, labels, 0.01)
+    assert trial_metrics(scores, labels)["threshold_at_far_0.1pct"] == threshold_at_far(scores, labels, 0.001)
 
 
 def test_best_accuracy_matches_original_loop():

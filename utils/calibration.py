@@ -8,7 +8,9 @@ lengths). `calibrate_library` measures both operating points from the library's 
 - 1:N (recognition): each recording against its own speaker's voiceprint built without it (leave one
   out) and against every other speaker's voiceprint: the trials recognition really makes.
 
-Each threshold is the equal-error point of normal distributions fitted to the two score sets. With the
+The 1:1 threshold is the equal-error point of normal distributions fitted to the two score sets; the 1:N
+threshold is where the library's number of voiceprints times the false-accept rate equals the miss rate
+(a stranger gets a chance at every voiceprint). With the
 few trials a library has, the empirical EER threshold sits on the edge of the gap between the classes
 (often the lowest genuine score, far too lenient for strangers); the fitted point sits inside the gap,
 weighted by how spread each side is. Needs at least 2 speakers with 2 or more recordings each.
@@ -48,6 +50,24 @@ def gaussian_eer_threshold(target: np.ndarray, nontarget: np.ndarray) -> float:
     sd_t = max(float(np.std(target)), 0.02)  # a floor: two recordings are not a distribution
     sd_n = max(float(np.std(nontarget)), 0.02)
     return (mu_n * sd_t + mu_t * sd_n) / (sd_t + sd_n)
+
+
+def open_set_threshold(target: np.ndarray, nontarget: np.ndarray, voiceprints: int) -> float:
+    """The 1:N point: a stranger meets every one of the library's `voiceprints`, so the threshold is where
+    (normal fits of) `voiceprints` x the per-voiceprint false-accept rate equals the miss rate, above the
+    equal-error point by as much as the library is large."""
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
+    mu_t, mu_n = float(np.mean(target)), float(np.mean(nontarget))
+    sd_t, sd_n = max(float(np.std(target)), 0.02), max(float(np.std(nontarget)), 0.02)
+    if mu_t <= mu_n:  # no separation to speak of: the equal-error point is as good as any
+        return gaussian_eer_threshold(target, nontarget)
+
+    def gap(t: float) -> float:
+        return voiceprints * norm.sf(t, mu_n, sd_n) - norm.cdf(t, mu_t, sd_t)
+
+    return float(brentq(gap, mu_n - 10 * sd_n, mu_t + 10 * sd_t))
 
 
 @dataclass(frozen=True)
@@ -163,7 +183,7 @@ def calibrate_library(
             voiceprint = sums[k] - vector if own else sums[k]
             score = float(vector @ voiceprint / (np.linalg.norm(voiceprint) + 1e-12))
             (target if own else nontarget).append(score)
-    identification = gaussian_eer_threshold(np.array(target), np.array(nontarget))
+    identification = open_set_threshold(np.array(target), np.array(nontarget), len(names))
     rows = []
     if pieces and speech_seconds is not None and len(speech_seconds) == len(emb):
         rows.append((float(np.median(speech_seconds)), verification, identification))
@@ -215,7 +235,7 @@ def _piece_thresholds(
     return (
         float(np.median([p.speech_seconds for p in pieces])),
         gaussian_eer_threshold(target_pairs, scores[~same]),
-        gaussian_eer_threshold(np.array(target), np.array(nontarget)),
+        open_set_threshold(np.array(target), np.array(nontarget), len(sums)),
     )
 
 

@@ -197,6 +197,7 @@ def _curve_metrics(c: _Curve, p_targets: Sequence[float], mode: str) -> dict:
             "tar_at_far_1pct": _curve_tar_at_far(c, 0.01),
             "tar_at_far_0.1pct": _curve_tar_at_far(c, 0.001),
             "threshold_at_far_1pct": _curve_threshold_at_far(c, 0.01),
+            "threshold_at_far_0.1pct": _curve_threshold_at_far(c, 0.001),
             "num_trials": c.n_tar + c.n_non,
             "num_target": c.n_tar,
             "num_nontarget": c.n_non,
