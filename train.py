@@ -11,7 +11,7 @@ Usage:
 
 Honest selection: nothing is chosen on the set you report. By default the 3 training speakers
 with the most utterances are held out (--valid_speakers) as the validation split; it gives the
-per-epoch EER and the stored 1:1 (EER) and 1:N (0.1% false accepts) thresholds. The shipped model is
+per-epoch EER and the stored 1:1 (EER) and 1:N (1% false accepts) thresholds. The shipped model is
 the average of the last --average_last epoch checkpoints (no "best epoch" is picked).
 
 Outputs in --save_model: epoch_N/checkpoint.pt (full state, last 3 kept),
@@ -244,9 +244,6 @@ def newest_checkpoint(save_dir: Path) -> dict | None:
     return best
 
 
-# the stored 1:N threshold: the validation threshold at 0.1% false accepts. A stranger meets every voiceprint
-# in the library, so the per-voiceprint false-accept rate must be ~N times lower than a 1:1 check's.
-RECOGNITION_FAR_KEY = "threshold_at_far_0.1pct"
 RUN_FILES = ("train_args.json", "train_log.csv", "inference.pt", "last", "tensorboard")
 
 
@@ -824,7 +821,7 @@ def evaluate_and_save(trainer: Trainer, progress: Progress, epoch_done: bool, tr
         progress.best = {"eer": None, "epoch": epoch, "threshold": None, "min_dcf": None}
         if metrics is not None:
             progress.best.update(eer=metrics["eer"], threshold=metrics["threshold"], min_dcf=metrics["min_dcf"],
-                                 recognition_threshold=metrics[RECOGNITION_FAR_KEY])  # fmt: skip
+                                 recognition_threshold=metrics["threshold_at_far_1pct"])  # fmt: skip
         save_inference(trainer, progress, ship_model, averaged, epoch)
     if epoch_done:
         save_state(trainer, progress, trainer.save_dir / f"epoch_{progress.epoch}" / "checkpoint.pt", progress.epoch, 0)

@@ -53,7 +53,7 @@ def test_create_data_then_train_then_inference_model(lists: Path, tmp_path: Path
     assert info["feature_config"]["feature"] == "fbank"
     points = info["operating_points"]
     assert -1.0 <= points["verification"] <= 1.0 and points["measured_on"] == str(lists / "test_list.txt")
-    # the 1:N operating point (threshold at 0.1% false accepts on the validation list) travels with the model
+    # the 1:N operating point (threshold at 1% false accepts on the validation list) travels with the model
     assert points["verification"] <= points["identification"] <= 1.0
     assert [row.split(",")[0] for row in (save / "train_log.csv").read_text().splitlines()] == ["epoch", "0", "1"]
     assert (save / "epoch_2" / "checkpoint.pt").is_file() and (save / "train_log.csv").is_file()

@@ -34,8 +34,7 @@ import numpy as np
 from utils.audio import SAMPLE_RATE, VAD_WINDOW, AudioError, audio_info, load_audio, speech_probabilities
 
 FRAME = 0.1  # seconds: the resolution of the output segments
-PRUNE = 0.1  # each window keeps its nearest 10% of windows as neighbours: a speaker with at least a tenth of the
-# talk keeps a graph of their own (the validation conversations were equally good from 0.1 to 0.25)
+PRUNE = 0.2  # each window's affinity keeps its nearest 20% of windows (chosen on the validation speakers)
 MAX_SPEAKERS = 8  # the most speakers the eigen-gap may find
 CENTRE_MERGE = 0.8  # clusters whose centres are at least this alike are one speaker
 SWITCH_PENALTY = 0.1  # re-segmentation: cost of a speaker change, in cosine (chosen on the validation speakers,

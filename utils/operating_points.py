@@ -4,7 +4,7 @@ A model file stores an `operating_points` record, measured by train.py on its va
 (speakers held out of training, never the set a result is reported on):
 
     {"verification": 0.41,      # 1:1: the EER threshold (infer_contrast.py, POST /contrast)
-     "identification": 0.52,    # 1:N: the threshold at 0.1% false accepts (infer_recognition.py, POST /recognize)
+     "identification": 0.52,    # 1:N: the threshold at 1% false accepts (infer_recognition.py, POST /recognize)
      "measured_on": "3 speakers held out of dataset/train_list.txt",
      "calibration": None}       # reserved for score calibration
 
@@ -72,7 +72,7 @@ class OperatingPoints:
         if kind == "identification" and self.verification is not None:
             warnings.warn(
                 f"the model stores no 1:N threshold; using its 1:1 EER threshold {self.verification:.3f}, which "
-                "accepts more strangers (pass --threshold, or retrain: train.py stores the threshold at 0.1% false "
+                "accepts more strangers (pass --threshold, or retrain: train.py stores the threshold at 1% false "
                 "accepts)",
                 UserWarning,
                 stacklevel=3,
