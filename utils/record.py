@@ -132,13 +132,54 @@ def record(
         _terminate(pa)
 
 
+def _open_input(
+    pa: Any, pyaudio: Any, info: dict[str, Any], sample_rate: int, callback: Any, on_try: Any = None
+) -> tuple[Any, int, int]:
+    """Open the input device as 16-bit audio: `sample_rate` mono first, then the device's own rate, then its
+    own channel count; (stream, rate, channels) of the first that opens. `on_try(rate)` runs before each try."""
+    device_rate = int(round(float(info.get("defaultSampleRate") or sample_rate)))
+    device_channels = max(1, min(int(info["maxInputChannels"]), 2))
+    last_error: BaseException | None = None
+    for rate, channels in dict.fromkeys([(sample_rate, 1), (device_rate, 1), (device_rate, device_channels)]):
+        if on_try is not None:
+            on_try(rate)
+        try:
+            with quiet_c_stderr():
+                stream = pa.open(
+                    format=pyaudio.paInt16,
+                    channels=channels,
+                    rate=rate,
+                    input=True,
+                    input_device_index=int(info["index"]),
+                    frames_per_buffer=FRAMES_PER_BUFFER,
+                    stream_callback=callback,
+                )
+            return stream, rate, channels
+        except (OSError, ValueError) as exc:  # this rate/channel count is not offered: try the next
+            last_error = exc
+    name = info.get("name", "default")
+    raise MicrophoneError(f"cannot open microphone '{name}' ({_short(last_error)}); {FILE_MODE_HINT}")
+
+
+def _close(stream: Any) -> None:
+    with quiet_c_stderr():
+        try:
+            stream.stop_stream()
+        except OSError:
+            pass  # already stopped by paComplete
+        stream.close()
+
+
+def _to_mono(data: bytes, channels: int) -> np.ndarray:
+    """16-bit interleaved PCM -> float32 mono in [-1, 1)."""
+    pcm = np.frombuffer(data, dtype="<i2")
+    pcm = pcm[: len(pcm) // channels * channels].reshape(-1, channels)
+    return (pcm.astype(np.float32) / 32768.0).mean(axis=1)
+
+
 def _record_from(
     pa: Any, pyaudio: Any, info: dict[str, Any], seconds: float, sample_rate: int, on_level: Any = None
 ) -> np.ndarray:
-    device_rate = int(round(float(info.get("defaultSampleRate") or sample_rate)))
-    device_channels = max(1, min(int(info["maxInputChannels"]), 2))
-    candidates = list(dict.fromkeys([(sample_rate, 1), (device_rate, 1), (device_rate, device_channels)]))
-
     chunks: list[bytes] = []
     done = threading.Event()
     state = {"frames": 0, "needed": 0}
@@ -155,43 +196,18 @@ def _record_from(
             return None, pyaudio.paComplete
         return None, pyaudio.paContinue
 
-    stream = None
-    last_error: BaseException | None = None
-    for rate, channels in candidates:
+    def on_try(rate: int) -> None:
         state["needed"], state["rate"] = int(round(seconds * rate)), rate
-        try:
-            with quiet_c_stderr():
-                stream = pa.open(
-                    format=pyaudio.paInt16,
-                    channels=channels,
-                    rate=rate,
-                    input=True,
-                    input_device_index=int(info["index"]),
-                    frames_per_buffer=FRAMES_PER_BUFFER,
-                    stream_callback=callback,
-                )
-            break
-        except (OSError, ValueError) as exc:  # this rate/channel count is not offered: try the next
-            last_error = exc
-    if stream is None:
-        name = info.get("name", "default")
-        raise MicrophoneError(f"cannot open microphone '{name}' ({_short(last_error)}); {FILE_MODE_HINT}")
 
+    stream, rate, channels = _open_input(pa, pyaudio, info, sample_rate, callback, on_try)
     try:
         stream.start_stream()
         if not done.wait(seconds + STALL_SECONDS):
             raise MicrophoneError(f"the microphone delivered no audio for {seconds:g} s; {FILE_MODE_HINT}")
     finally:
-        with quiet_c_stderr():
-            try:
-                stream.stop_stream()
-            except OSError:
-                pass  # already stopped by paComplete
-            stream.close()
+        _close(stream)
 
-    pcm = np.frombuffer(b"".join(chunks), dtype="<i2")
-    pcm = pcm[: len(pcm) // channels * channels].reshape(-1, channels)
-    wav = (pcm.astype(np.float32) / 32768.0).mean(axis=1)[: state["needed"]]
+    wav = _to_mono(b"".join(chunks), channels)[: state["needed"]]
     if rate != sample_rate:
         from utils.audio import resample
 
@@ -213,26 +229,12 @@ def stream(seconds: float | None = None, sample_rate: int = SAMPLE_RATE) -> Iter
         info = _default_input(pa)
         if info is None:
             raise MicrophoneError(NO_DEVICE_MESSAGE)
-        device_rate = int(round(float(info.get("defaultSampleRate") or sample_rate)))
-        device_channels = max(1, min(int(info["maxInputChannels"]), 2))
 
         def callback(in_data: bytes | None, frame_count: int, time_info: Any, status: int) -> tuple[None, int]:
             blocks.put(in_data or b"")
             return None, pyaudio.paContinue
 
-        last_error: BaseException | None = None
-        for rate, channels in dict.fromkeys([(sample_rate, 1), (device_rate, 1), (device_rate, device_channels)]):
-            try:
-                with quiet_c_stderr():
-                    stream_ = pa.open(format=pyaudio.paInt16, channels=channels, rate=rate, input=True,
-                                      input_device_index=int(info["index"]), frames_per_buffer=FRAMES_PER_BUFFER,
-                                      stream_callback=callback)  # fmt: skip
-                break
-            except (OSError, ValueError) as exc:
-                last_error = exc
-        if stream_ is None:
-            raise MicrophoneError(f"cannot open microphone '{info.get('name', 'default')}' ({_short(last_error)}); "
-                                  f"{FILE_MODE_HINT}")  # fmt: skip
+        stream_, rate, channels = _open_input(pa, pyaudio, info, sample_rate, callback)
         stream_.start_stream()
         delivered = 0
         while seconds is None or delivered < seconds * sample_rate:
@@ -240,8 +242,7 @@ def stream(seconds: float | None = None, sample_rate: int = SAMPLE_RATE) -> Iter
                 data = blocks.get(timeout=STALL_SECONDS)
             except queue.Empty:
                 raise MicrophoneError(f"the microphone delivered no audio for {STALL_SECONDS:g} s") from None
-            pcm = np.frombuffer(data, dtype="<i2")
-            wav = (pcm[: len(pcm) // channels * channels].reshape(-1, channels).astype(np.float32) / 32768.0).mean(1)
+            wav = _to_mono(data, channels)
             if rate != sample_rate:
                 from utils.audio import resample
 
@@ -251,11 +252,6 @@ def stream(seconds: float | None = None, sample_rate: int = SAMPLE_RATE) -> Iter
             delivered += len(wav)
             yield np.ascontiguousarray(wav, dtype=np.float32)
     finally:
-        with quiet_c_stderr():
-            if stream_ is not None:
-                try:
-                    stream_.stop_stream()
-                except OSError:
-                    pass
-                stream_.close()
+        if stream_ is not None:
+            _close(stream_)
         _terminate(pa)
