@@ -174,16 +174,8 @@ def calibrate_library(
     # 1:N: leave-one-out voiceprints (a speaker's mean without the recording itself)
     sums = np.zeros((len(names), emb.shape[1]))
     np.add.at(sums, labels, emb)
-    target, nontarget = [], []
-    for vector, label in zip(emb, labels):
-        for k in range(len(names)):
-            own = k == label
-            if own and counts[k] < 2:
-                continue
-            voiceprint = sums[k] - vector if own else sums[k]
-            score = float(vector @ voiceprint / (np.linalg.norm(voiceprint) + 1e-12))
-            (target if own else nontarget).append(score)
-    identification = open_set_threshold(np.array(target), np.array(nontarget), len(names))
+    target, nontarget = _voiceprint_trials(emb, labels, emb, sums, counts)
+    identification = open_set_threshold(target, nontarget, len(names))
     rows = []
     if pieces and speech_seconds is not None and len(speech_seconds) == len(emb):
         rows.append((float(np.median(speech_seconds)), verification, identification))
@@ -221,22 +213,32 @@ def _piece_thresholds(
     same = speaker[upper[0]] == speaker[upper[1]]
     target_pairs = scores[same & (recording[upper[0]] != recording[upper[1]])]
     counts = np.bincount(labels, minlength=len(sums))
-    target, nontarget = [], []
-    for vector, rec, spk in zip(emb, recording, speaker):
-        for k in range(len(sums)):
-            own = k == spk
-            if own and counts[k] < 2:
-                continue
-            voiceprint = sums[k] - whole[rec] if own else sums[k]
-            score = float(vector @ voiceprint / (np.linalg.norm(voiceprint) + 1e-12))
-            (target if own else nontarget).append(score)
-    if len(target_pairs) < 2 or not len(scores[~same]) or len(target) < 2 or not nontarget:
+    target, nontarget = _voiceprint_trials(emb, speaker, whole[recording], sums, counts)
+    if len(target_pairs) < 2 or not len(scores[~same]) or len(target) < 2 or not len(nontarget):
         return None
     return (
         float(np.median([p.speech_seconds for p in pieces])),
         gaussian_eer_threshold(target_pairs, scores[~same]),
-        open_set_threshold(np.array(target), np.array(nontarget), len(sums)),
+        open_set_threshold(target, nontarget, len(sums)),
     )
+
+
+def _voiceprint_trials(
+    vectors: np.ndarray, speaker: np.ndarray, held_out: np.ndarray, sums: np.ndarray, counts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(target, non-target) 1:N scores: each vector against every voiceprint (the normalised sum of a speaker's
+    recordings), its own speaker's built without `held_out` (the recording it is, or was cut from); a speaker
+    with one recording has no voiceprint left to be its own target."""
+    target, nontarget = [], []
+    for vector, own_speaker, removed in zip(vectors, speaker, held_out):
+        for k in range(len(sums)):
+            own = k == own_speaker
+            if own and counts[k] < 2:
+                continue
+            voiceprint = sums[k] - removed if own else sums[k]
+            score = float(vector @ voiceprint / (np.linalg.norm(voiceprint) + 1e-12))
+            (target if own else nontarget).append(score)
+    return np.array(target), np.array(nontarget)
 
 
 def save_calibration(root: str | Path, calibration: LibraryCalibration) -> Path:
