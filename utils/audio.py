@@ -421,12 +421,18 @@ def check_speech(
         return None
     report = analyse_speech(wav)
     need = min(min_seconds, MIN_NET_SPEECH_SECONDS) if min_speech_seconds is None else min_speech_seconds
+    return require_speech(report, need, name)
+
+
+def require_speech(report: SpeechReport, need: float, name: str = "audio") -> SpeechReport:
+    """The report, or AudioError when the recording it describes holds no speech or less than `need` seconds
+    (also for a Recording checked earlier, held to a stricter bar now)."""
     if report.speech_seconds == 0:
-        raise AudioError(f"no speech detected in {name} ({format_short_seconds(seconds)} s of audio)")
+        raise AudioError(f"no speech detected in {name} ({format_short_seconds(report.seconds)} s of audio)")
     if report.speech_seconds < need:
         raise AudioError(
             f"too little speech in {name}: {format_short_seconds(report.speech_seconds)} s of "
-            f"{format_short_seconds(seconds)} s (need at least {need:g} s)"
+            f"{format_short_seconds(report.seconds)} s (need at least {need:g} s)"
         )
     return report
 

@@ -72,6 +72,7 @@ from utils.audio import (
     check_speech,
     load_audio,
     prepare_recording,
+    require_speech,
 )
 from utils.calibration import (
     PIECE_SECONDS,
@@ -753,11 +754,7 @@ class SpeakerDB:
     ) -> Recording:
         name = None if isinstance(recording, (str, os.PathLike)) else f"recording {index + 1}"
         if isinstance(recording, Recording):  # prepared by the caller (the server): checked once, not twice
-            if recording.report.speech_seconds < MIN_REGISTER_SECONDS:
-                raise AudioError(
-                    f"too little speech in {name}: {recording.report.speech_seconds:.3f} s "
-                    f"(need at least {MIN_REGISTER_SECONDS:g} s)"
-                )
+            require_speech(recording.report, MIN_REGISTER_SECONDS, name)
             return recording
         return prepare_recording(
             recording, sample_rate, name, min_seconds=MIN_REGISTER_SECONDS, min_speech_seconds=MIN_REGISTER_SECONDS
