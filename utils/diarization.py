@@ -437,7 +437,8 @@ def diarize(
     frames = frame_labels(regions, bounds, labels, audio.duration)
     runs = frame_runs(frames)
     if num_speakers is None:
-        runs, voices = merge_same_voice(audio, runs, embedder, _one_person_threshold(embedder, db))
+        # the 1:N point, stricter than 1:1: merging two people costs more than leaving one person split
+        runs, voices = merge_same_voice(audio, runs, embedder, _threshold_by_length("identification", embedder, db))
     else:
         voices = {k: speaker_embedding(audio, runs, k, embedder) for k in sorted({r[2] for r in runs})}
     names = name_speakers(voices, db)
@@ -445,7 +446,8 @@ def diarize(
     if num_speakers is None and len(unknown) > 1:
         # two voices nobody enrolled that the 1:1 verifier calls one person are one person (a speaker
         # recorded in two sessions); enrolled names already tell the others apart
-        runs, voices = merge_same_voice(audio, runs, embedder, _same_person_threshold(embedder, db), voices, unknown)
+        same_person = _threshold_by_length("verification", embedder, db)
+        runs, voices = merge_same_voice(audio, runs, embedder, same_person, voices, unknown)
         names = name_speakers(voices, db)
     segments = _merge_adjacent([Segment(a, b, *names[k]) for a, b, k in runs])
     speakers: dict[str, dict[str, Any]] = {}
@@ -458,22 +460,12 @@ def diarize(
     return Diarization(segments, audio.duration, speech, len(bounds), speakers)
 
 
-def _same_person_threshold(embedder: Any, db: Any | None) -> Any:
-    """The 1:1 threshold by net speech seconds: a calibrated library's, else the model's."""
+def _threshold_by_length(kind: str, embedder: Any, db: Any | None) -> Any:
+    """seconds -> threshold of `kind` ("verification" 1:1 or "identification" 1:N): a calibrated library's,
+    measured by length, else the model's operating point (utils.operating_points, its one fallback rule)."""
     if db is not None and getattr(db, "calibration", None) is not None:
-        return db.verification_threshold_for
-    fixed = embedder.operating_points.verification
-    fixed = 0.55 if fixed is None else fixed
-    return lambda seconds: fixed
-
-
-def _one_person_threshold(embedder: Any, db: Any | None) -> Any:
-    """The 1:N threshold by net speech seconds (a calibrated library's, else the model's): stricter than
-    the 1:1 point, since merging two people costs more than leaving one person split."""
-    if db is not None and getattr(db, "calibration", None) is not None:
-        return db.identification_threshold
-    fixed = embedder.operating_points.identification
-    fixed = 0.65 if fixed is None else fixed
+        return db.verification_threshold_for if kind == "verification" else db.identification_threshold
+    fixed = embedder.operating_points.resolve(kind)
     return lambda seconds: fixed
 
 
