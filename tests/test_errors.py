@@ -101,3 +101,27 @@ def test_ctrl_c_in_every_script_is_one_line_and_130(moment: float, shared_data: 
         assert proc.returncode in (130, 0), (script, proc.returncode, err[-500:])
         if proc.returncode == 130:
             assert err.strip().splitlines()[-1].endswith("interrupted"), (script, err[-500:])
+
+
+@pytest.mark.parametrize("code", [0, 1])
+def test_ctrl_c_while_the_interpreter_tears_down_keeps_the_exit_status(code: int) -> None:
+    """A Ctrl-C after main() finished (torch takes ~0.5 s to free) once killed a successful run (status -2)."""
+    script = (
+        "import atexit, os, signal, time\n"
+        "from utils.errors import UserError, run_cli\n"
+        "def main():\n"
+        "    atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.2)))\n"
+        f"    if {code}: raise UserError('bad input')\n"
+        "    print('done')\n"
+        "run_cli(main)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
+
+
+def test_run_cli_in_process_leaves_ctrl_c_alone() -> None:
+    """Ignoring SIGINT at the end is for a script's own process: ignored signals are inherited by children."""
+    with pytest.raises(SystemExit):
+        run_cli(lambda: 0)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -32,20 +32,36 @@ def describe_os_error(exc: OSError) -> str:
     return f"{reason}: {' -> '.join(paths)}" if paths else str(reason)
 
 
+def _finish(code: int, main: Callable) -> NoReturn:
+    """Leave with `code`. The work is done (or its error printed), so a Ctrl-C while the interpreter tears
+    down (freeing torch takes ~0.5 s) is ignored: Python restores the default SIGINT action during
+    finalisation, and a signal then would kill the process (status -2) after a finished, successful run.
+    Only for a script's own main(): a caller in the same process (a test) keeps its Ctrl-C, and an ignored
+    SIGINT would be inherited by every process it starts."""
+    import signal
+
+    is_script = getattr(main, "__module__", None) == "__main__"
+    if is_script and threading.current_thread() is threading.main_thread() and not any(
+        not thread.daemon for thread in threading.enumerate() if thread is not threading.main_thread()
+    ):  # a non-daemon thread still running keeps Ctrl-C, the only way to stop a hung one
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise SystemExit(code)
+
+
 def run_cli(main: Callable[[], int | None]) -> NoReturn:
     """Run a script's main() the way every script ends: one line per failure, the right exit status."""
     try:
         code = main()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+        _finish(1, main)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         # helper threads (e.g. the data loader's file-descriptor sharer) may fail while the process winds down:
         # after Ctrl-C their tracebacks are noise, the one line above is the message
         threading.excepthook = lambda args: None
-        raise SystemExit(130) from None
+        _finish(130, main)
     except OSError as exc:
         print(f"error: {describe_os_error(exc)}", file=sys.stderr)
-        raise SystemExit(1) from None
-    raise SystemExit(code or 0)
+        _finish(1, main)
+    _finish(code or 0, main)
