@@ -41,8 +41,10 @@ def _finish(code: int, main: Callable) -> NoReturn:
     import signal
 
     is_script = getattr(main, "__module__", None) == "__main__"
-    if is_script and threading.current_thread() is threading.main_thread() and not any(
-        not thread.daemon for thread in threading.enumerate() if thread is not threading.main_thread()
+    if (
+        is_script
+        and threading.current_thread() is threading.main_thread()
+        and not any(not thread.daemon for thread in threading.enumerate() if thread is not threading.main_thread())
     ):  # a non-daemon thread still running keeps Ctrl-C, the only way to stop a hung one
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise SystemExit(code)
