@@ -168,9 +168,12 @@ def score(reference_turns, result, enrolled: set[str], uri: str) -> dict:
 
     reference = annotation(reference_turns, uri)
     hypothesis = annotation([(s.start, s.end, s.speaker) for s in result.segments], uri)
-    der0 = DiarizationErrorRate(collar=0.0, skip_overlap=False)(reference, hypothesis)
-    der25 = DiarizationErrorRate(collar=0.25, skip_overlap=False)(reference, hypothesis)
-    jer = JaccardErrorRate(collar=0.0)(reference, hypothesis)
+    from pyannote.core import Segment, Timeline
+
+    whole = Timeline([Segment(0, result.duration)])  # scored over the whole recording
+    der0 = DiarizationErrorRate(collar=0.0, skip_overlap=False)(reference, hypothesis, uem=whole)
+    der25 = DiarizationErrorRate(collar=0.25, skip_overlap=False)(reference, hypothesis, uem=whole)
+    jer = JaccardErrorRate(collar=0.0)(reference, hypothesis, uem=whole)
     named, total, stranger_named, stranger_total = 0.0, 0.0, 0.0, 0.0
     for segment, _, speaker in reference.itertracks(yield_label=True):
         overlap = hypothesis.crop(segment)

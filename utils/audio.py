@@ -106,9 +106,9 @@ def load_audio(
         raise AudioError(f"cannot decode audio file {path}: {_short(exc)}") from None
     if data.size == 0:
         raise AudioError(f"audio file {path} has no samples")
-    wav = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    if not np.isfinite(wav).all():
+    if not np.isfinite(data).all():  # checked before the downmix, which would turn inf - inf into a NaN warning
         raise AudioError(f"audio file {path} contains NaN or infinite samples")
+    wav = data.mean(axis=1, dtype=np.float64).astype(np.float32) if data.shape[1] > 1 else data[:, 0]
     wav = resample(wav, source_rate, sample_rate)
     if vad:
         wav = trim_silence(wav, sample_rate)
