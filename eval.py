@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model_path", default="models/voiceprint_resnet34.pt", help="inference model file")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--num_workers", type=int, default=2, help="audio decoding worker processes")
+    parser.add_argument(
+        "--engine",
+        choices=("auto", "torch", "onnx"),
+        default="auto",
+        help="backbone runtime: onnx (ONNX Runtime, exported in memory at start, ~1.5x faster on a CPU), torch, "
+        "or auto (onnx on a CPU when onnxruntime is installed, else torch)",
+    )
     # score normalisation
     parser.add_argument(
         "--cohort_list_path",
@@ -579,15 +586,27 @@ def save_reliability_plot(plot_dir: str, bins: list[dict]) -> str:
     return path
 
 
+def choose_engine(engine: str, device: str) -> str:
+    """--engine auto: ONNX Runtime when the backbone runs on the CPU and onnxruntime is installed."""
+    if engine != "auto":
+        return engine
+    from importlib.util import find_spec
+
+    from utils.config import resolve_device
+
+    return "onnx" if resolve_device(device).type == "cpu" and find_spec("onnxruntime") is not None else "torch"
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     trials, items, cohort_list = check_inputs(args)
 
     # model
     from utils.embedder import Embedder
 
-    embedder = Embedder(args.model_path, device=args.device)
+    embedder = Embedder(args.model_path, device=args.device, engine=choose_engine(args.engine, args.device))
     print(
-        f"{describe_model(args.model_path, embedder.info)} on {embedder.device}, stored threshold {embedder.threshold}"
+        f"{describe_model(args.model_path, embedder.info)} on {embedder.device} ({embedder.engine}), "
+        f"stored threshold {embedder.threshold}"
     )
 
     # embeddings

@@ -6,7 +6,7 @@ Usage:
     python benchmarks/run_all.py --skip training --markdown_path /tmp/table.md
 
 Each benchmark runs in its own process (benchmarks/embedding_speed.py,
-scoring_speed.py, train_throughput.py) and hands back its rows as JSON; each row's
+scoring_speed.py, eval_speed.py, train_throughput.py) and hands back its rows as JSON; each row's
 baseline was measured in the same run, interleaved with ours, so the ratio
 ("times faster than the baseline"; for training, samples/s ours / baseline) holds
 even on a busy machine where the absolute figures do not.
@@ -27,7 +27,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
-PARTS = ("embedding", "scoring", "training")
+PARTS = ("embedding", "scoring", "eval", "training")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parts = {
             "embedding": [str(HERE / "embedding_speed.py"), *quick],
             "scoring": [str(HERE / "scoring_speed.py"), *quick],
+            "eval": [str(HERE / "eval_speed.py"), *quick],
             "training": [str(HERE / "train_throughput.py"), "--device", "cpu", "--seconds", str(args.train_seconds),
                          "--batch_sizes", *map(str, args.train_batch_sizes)]
                         + (["--recipes", "original", "default (w16"] if args.quick else []),

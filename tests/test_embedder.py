@@ -91,3 +91,16 @@ def test_integer_pcm_is_scaled(embedder: Embedder, shared_data: Path) -> None:
     voice = speech_of(shared_data, "84", 4)
     pcm = np.round(voice * 32767).astype(np.int16)
     assert cosine(embedder.embed_array(pcm), embedder.embed_array(voice)) > 0.999
+
+
+def test_onnx_engine_gives_the_torch_embeddings(embedder: Embedder, shared_data: Path) -> None:
+    """engine="onnx" exports the .pt backbone in memory and runs it in ONNX Runtime: same embeddings."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -r requirements.txt)")
+    fast = Embedder(MODEL, device="cpu", engine="onnx")
+    assert fast.engine == "onnx" and embedder.engine == "torch"
+    clips = sorted((shared_data / "librispeech" / "dev-clean" / "1272").rglob("*.mp3"))[:3]
+    ours, _ = fast.embed_files(clips)
+    reference, _ = embedder.embed_files(clips)
+    assert np.abs(ours - reference).max() < 1e-4
+    with pytest.raises(ValueError, match="engine must be torch or onnx"):
+        Embedder(MODEL, device="cpu", engine="tensorrt")

@@ -125,3 +125,11 @@ def test_run_cli_in_process_leaves_ctrl_c_alone() -> None:
     with pytest.raises(SystemExit):
         run_cli(lambda: 0)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_run_cli_exit_status_from_what_main_returns() -> None:
+    """An int is the exit status; a benchmark's figures (a dict) are success, not 'exit 1 printing the dict'."""
+    for returned, status in ((None, 0), (3, 3), ({"rows": []}, 0)):
+        with pytest.raises(SystemExit) as exc:
+            run_cli(lambda returned=returned: returned)
+        assert exc.value.code == status

@@ -280,58 +280,37 @@ def format_short_seconds(seconds: float) -> str:
 VAD_WINDOW = 512  # samples per silero-vad step at 16 kHz (32 ms)
 VAD_THRESHOLD = 0.5  # speech probability above which a window is speech (silero-vad's default)
 _vad_model: Any = None
-_vad_lock = threading.Lock()  # the model keeps its recurrent state inside: one caller at a time
+_vad_lock = threading.Lock()  # loads the model once; running it needs no lock (it keeps no state between calls)
 
 
 def _load_vad() -> Any:
     global _vad_model
-    if _vad_model is None:
-        try:
-            from silero_vad import load_silero_vad
-        except ImportError:
-            raise AudioError("speech detection needs the silero-vad package: pip install silero-vad") from None
-        with warnings.catch_warnings():  # the package's own deprecation notices (importlib, torch.jit)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            _vad_model = load_silero_vad(onnx=False)  # the TorchScript model shipped inside the package
+    with _vad_lock:
+        if _vad_model is None:
+            try:
+                from silero_vad import load_silero_vad
+            except ImportError:
+                raise AudioError("speech detection needs the silero-vad package: pip install silero-vad") from None
+            # the package's "sequence" ONNX model: the same per-window probabilities as its streaming model,
+            # but the recurrent state is carried inside one ONNX Runtime call per 16 s block instead of a
+            # Python loop of one call per 32 ms window (1.7x faster here, and exact, unlike cutting the
+            # recording into batched streams)
+            with warnings.catch_warnings(), quiet_c_stderr():  # ONNX Runtime's notes on unused initialisers
+                warnings.simplefilter("ignore", DeprecationWarning)
+                _vad_model = load_silero_vad(sequence=True)
     return _vad_model
 
 
-def speech_probabilities(wav: np.ndarray, stream_seconds: float = 0.5, warmup_seconds: float = 0.3) -> np.ndarray:
-    """silero-vad's speech probability of every 32 ms window of 16 kHz audio.
-
-    The recording is cut into streams of `stream_seconds`, each started `warmup_seconds` early so the
-    recurrent state has settled, and the streams run as one batch: a long recording costs as many model
-    calls as one stream instead of one call per window.
-    """
-    import torch
-
-    n_windows = -(-len(wav) // VAD_WINDOW)
-    if n_windows == 0:
+def speech_probabilities(wav: np.ndarray) -> np.ndarray:
+    """silero-vad's speech probability of every 32 ms window of 16 kHz audio, in one pass."""
+    if len(wav) == 0:
         return np.zeros(0, dtype=np.float32)
     # the detector is level-sensitive: a quiet but clean recording is brought to a normal level first
     # (up to +60 dB; digital silence stays silence), so "no speech" never just means "quiet"
     loudness = float(np.percentile(np.abs(wav), 99.9))
     wav = wav * min(0.5 / max(loudness, 1e-9), 1000.0) if loudness > 0 else wav
-    per_stream = max(1, int(stream_seconds * SAMPLE_RATE) // VAD_WINDOW)
-    warm = int(warmup_seconds * SAMPLE_RATE) // VAD_WINDOW
-    n_streams = -(-n_windows // per_stream)
-    padded = np.zeros((warm + n_windows + per_stream) * VAD_WINDOW, dtype=np.float32)
-    padded[warm * VAD_WINDOW : warm * VAD_WINDOW + len(wav)] = wav
-    steps = warm + per_stream
-    # stream k covers windows [k * per_stream - warm, (k + 1) * per_stream) of the recording
-    streams = np.stack(
-        [padded[k * per_stream * VAD_WINDOW : (k * per_stream + steps) * VAD_WINDOW] for k in range(n_streams)]
-    )
-    batch = torch.from_numpy(streams)
-    probs = np.empty((n_streams, steps), dtype=np.float32)
-    with _vad_lock, torch.inference_mode():
-        model = _load_vad()
-        model.reset_states()  # the next call sets the batch size
-        for step in range(steps):
-            chunk = batch[:, step * VAD_WINDOW : (step + 1) * VAD_WINDOW]
-            probs[:, step] = model(chunk, SAMPLE_RATE).reshape(-1).numpy()
-        model.reset_states()
-    return probs[:, warm:].reshape(-1)[:n_windows]
+    model = _load_vad()
+    return np.asarray(model.audio_forward(np.ascontiguousarray(wav, dtype=np.float32), SAMPLE_RATE), dtype=np.float32)
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,9 @@ Steps, all on the model and speech detector the rest of the toolkit uses:
 4. every 0.1 s frame of speech takes the label of the window centred nearest to it; runs of one label
    become segments;
 5. one voice per speaker: each cluster's longest speech (up to 30 s) is embedded as one recording;
-   clusters that are one person at the 1:N operating point are merged, and so are clusters nobody
-   enrolled at the 1:1 operating point (count unknown);
+   clusters that are one person at the 1:N operating point are merged (count unknown); each turn of
+   2 s or more, embedded on its own, moves to the voice it is most like; clusters nobody enrolled
+   that are one person at the 1:1 operating point are merged too;
 6. names: those embeddings are recognised against the library at its 1:N threshold (calibrated by
    length where the library is); the others are unknown-1, unknown-2, ... in order of appearance.
 """
@@ -45,6 +46,7 @@ MIN_CLUSTER_SECONDS = 3.0  # a cluster with less speech than this joins its near
 MIN_CLUSTER_SHARE = 0.04  # ... and so does one with less than this share of all speech
 FILL_GAP = 1.0  # seconds: a pause this short between two segments of one speaker is part of their turn
 NAMING_SECONDS = 30.0  # speech per cluster embedded to name it
+TURN_SECONDS = 2.0  # a turn at least this long is checked on its own embedding (reassign_turns)
 CHUNK_SECONDS = 60.0  # decoding unit for long files
 
 
@@ -387,6 +389,38 @@ def merge_same_voice(
         voices[a] = speaker_embedding(source, runs, a, embedder)
 
 
+def reassign_turns(
+    source: _Source, runs: list[tuple[float, float, int]], embedder: Any, voices: dict[int, tuple]
+) -> tuple[list[tuple[float, float, int]], dict[int, tuple]]:
+    """Each turn of at least TURN_SECONDS is embedded on its own and goes to the speaker whose voice it is
+    most like: a whole turn says more than the 1.5 s windows that labelled it (a stranger's opening turn
+    once went to an enrolled speaker that way). Voices of speakers that changed are embedded again."""
+    known = {k: emb for k, (emb, _) in voices.items() if emb is not None}
+    if len(known) < 2:
+        return runs, voices
+    labels = list(known)
+    centres = np.stack([known[k] for k in labels])
+    moved, changed = [], set()
+    for start, end, label in runs:
+        if end - start >= TURN_SECONDS and label in known:
+            try:
+                emb = embedder.embed_array(source.piece(start, end - start), SAMPLE_RATE, "turn")
+            except AudioError:
+                moved.append((start, end, label))
+                continue
+            best = labels[int(np.argmax(centres @ emb))]
+            if best != label:
+                changed |= {best, label}
+                label = best
+        moved.append((start, end, label))
+    if not changed:
+        return runs, voices
+    voices = dict(voices)
+    for k in changed:
+        voices[k] = speaker_embedding(source, moved, k, embedder)
+    return moved, voices
+
+
 def name_speakers(voices: dict[int, tuple], db: Any | None) -> dict[int, tuple[str, bool, float | None]]:
     """{cluster: (name, enrolled, score)}: recognised against the library, else unknown-1, unknown-2, ...
     Two clusters recognised as one enrolled person both take the name."""
@@ -441,6 +475,7 @@ def diarize(
         runs, voices = merge_same_voice(audio, runs, embedder, _threshold_by_length("identification", embedder, db))
     else:
         voices = {k: speaker_embedding(audio, runs, k, embedder) for k in sorted({r[2] for r in runs})}
+    runs, voices = reassign_turns(audio, runs, embedder, voices)
     names = name_speakers(voices, db)
     unknown = {k for k, (_, enrolled, _) in names.items() if not enrolled}
     if num_speakers is None and len(unknown) > 1:

@@ -37,8 +37,9 @@ from utils.audio import (
     prepare_recording,
 )
 from utils.checkpoint import load_inference_model, resolve_model_path
+from utils.errors import OptionError
 from utils.features import FeatureConfig, FeatureExtractor
-from utils.onnx_model import is_onnx_path, load_onnx_model
+from utils.onnx_model import OnnxBackbone, export_backbone, is_onnx_path, load_onnx_model, onnx_session
 from utils.operating_points import OperatingPoints
 
 MIN_SECONDS = MIN_SPEECH_SECONDS  # the same floor everywhere (utils.audio)
@@ -72,7 +73,12 @@ class Embedder:
         device: str | torch.device = "auto",
         segment_seconds: float = 30.0,
         vad: bool = False,
+        engine: str = "torch",
     ) -> None:
+        """`engine`: "torch", or "onnx" to run a .pt model's backbone in ONNX Runtime on the CPU (exported in
+        memory at load, ~2 s; then ~1.5x faster on one thread: worth it for many files, e.g. eval.py)."""
+        if engine not in ("torch", "onnx"):
+            raise OptionError(f"engine must be torch or onnx, got {engine!r}")
         model_path = resolve_model_path(model_path)
         onnx = is_onnx_path(model_path)
         if onnx and device == "auto":
@@ -87,6 +93,12 @@ class Embedder:
             self.model, info = load_onnx_model(model_path)
         else:
             self.model, info = load_inference_model(model_path, device)
+            if engine == "onnx":
+                if self.device.type != "cpu":
+                    raise OptionError("the onnx engine runs on the CPU: use --device cpu (or the torch engine)")
+                num_bins = FeatureConfig.from_dict(info["feature_config"]).num_bins
+                self.model = OnnxBackbone(onnx_session(export_backbone(self.model, num_bins, opset=17)))
+        self.engine = "onnx" if onnx else engine
         self.feature_config = FeatureConfig.from_dict(info["feature_config"])
         self.extractor = FeatureExtractor(self.feature_config).to(device)
         self.operating_points = OperatingPoints.from_info(info)

@@ -50,8 +50,9 @@ def _finish(code: int, main: Callable) -> NoReturn:
     raise SystemExit(code)
 
 
-def run_cli(main: Callable[[], int | None]) -> NoReturn:
-    """Run a script's main() the way every script ends: one line per failure, the right exit status."""
+def run_cli(main: Callable[[], object]) -> NoReturn:
+    """Run a script's main() the way every script ends: one line per failure, the right exit status.
+    main() may return an exit status; anything else it returns (a benchmark's figures) means success."""
     try:
         code = main()
     except UserError as exc:
@@ -66,4 +67,4 @@ def run_cli(main: Callable[[], int | None]) -> NoReturn:
     except OSError as exc:
         print(f"error: {describe_os_error(exc)}", file=sys.stderr)
         _finish(1, main)
-    _finish(code or 0, main)
+    _finish(code if isinstance(code, int) and not isinstance(code, bool) else 0, main)
