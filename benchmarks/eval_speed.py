@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     sys.path.insert(0, str(ROOT))
     from utils.config import print_arguments
     from utils.errors import UserError
+    from utils.fileio import atomic_write_text
 
     args = build_parser().parse_args(argv)
     if args.quick:
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         audio_seconds += sf.info(str(path)).duration
     with tempfile.TemporaryDirectory(prefix="eval_speed_") as work:
         list_path = Path(work) / "list.txt"
-        list_path.write_text("".join(f"{p}\t{s}\n" for p, s in items))
+        atomic_write_text(list_path, "".join(f"{p}\t{s}\n" for p, s in items))
         ours = [sys.executable, "eval.py", "--list_path", str(list_path), "--model_path", args.model_path,
                 "--device", "cpu", "--num_workers", "0"]  # fmt: skip
         runs = {

@@ -19,7 +19,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -309,7 +308,7 @@ def test_sigkilled_writer_never_leaves_a_partial_file(tmp_path: Path) -> None:
                                 stdout=subprocess.PIPE, text=True)  # fmt: skip
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(rng.uniform(0.05, 0.6))
-        os.kill(proc.pid, signal.SIGKILL)
+        proc.kill()  # SIGKILL (nothing, if it has just finished)
         proc.wait()
         if target.exists():
             versions.append(check_complete(target))
@@ -348,14 +347,18 @@ def test_killed_register_keeps_every_earlier_enrolment(shared_data: Path, tmp_pa
     SpeakerDB(db, embedder).register("earlier_b", [str(seed / "b_1.wav")])
     expected = {"earlier_a": 2, "earlier_b": 1}
     speech, rate = sf.read(shared_data / "librispeech" / "train-clean-100" / "103-1240-0000.flac", dtype="float32")
-    clip = tmp_path / "clip.wav"
-    sf.write(clip, speech[rate : rate * 5 // 2], rate)  # 1.5 s of real speech, enrolled 24 times per victim
+    clips = []  # 24 different 1.5 s takes of real speech per victim (identical takes would be enrolled once)
+    for j in range(24):
+        clips.append(tmp_path / f"clip{j}.wav")
+        start = rate + j * rate // 8
+        sf.write(clips[-1], speech[start : start + rate * 3 // 2], rate)
+    clip = clips[0]
     rng = random.Random(7)
     hits = []
     for k in range(3):
         name = f"victim{k}"
         proc = subprocess.Popen(
-            [sys.executable, "infer_recognition.py", "--register", name, "--audio_path", *[str(clip)] * 24,
+            [sys.executable, "infer_recognition.py", "--register", name, "--audio_path", *map(str, clips),
              "--audio_db", str(db), "--device", "cpu"],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"},
         )  # fmt: skip
@@ -365,7 +368,7 @@ def test_killed_register_keeps_every_earlier_enrolment(shared_data: Path, tmp_pa
             while not (db / name).exists() and proc.poll() is None:
                 time.sleep(0.001)
             time.sleep(rng.uniform(0.0, 0.6))  # somewhere in the write phase (~0.6 s: 24 fsynced WAVs, the cache)
-        os.kill(proc.pid, signal.SIGKILL)
+        proc.kill()  # SIGKILL (nothing, if it has just finished)
         proc.wait()
 
         # the library loads (the cache is never unreadable), every file in it is a complete WAV

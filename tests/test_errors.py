@@ -133,3 +133,20 @@ def test_run_cli_exit_status_from_what_main_returns() -> None:
         with pytest.raises(SystemExit) as exc:
             run_cli(lambda returned=returned: returned)
         assert exc.value.code == status
+
+
+def test_an_error_raised_by_ctrl_c_is_the_interrupt(capsys: pytest.CaptureFixture) -> None:
+    """Ctrl-C inside a C extension's import surfaces as 'ImportError: initialization failed' (onnxruntime):
+    still one line and 130, not a traceback."""
+
+    def main() -> None:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise ImportError("initialization failed")  # noqa: B904 - as pybind11 does
+
+    with pytest.raises(SystemExit) as exc:
+        run_cli(main)
+    assert exc.value.code == 130 and capsys.readouterr().err.strip() == "interrupted"
+    with pytest.raises(ImportError):  # without a Ctrl-C behind it, an ImportError is a bug and keeps its traceback
+        run_cli(lambda: __import__("no_such_module_here"))

@@ -50,21 +50,41 @@ def _finish(code: int, main: Callable) -> NoReturn:
     raise SystemExit(code)
 
 
+def _caused_by_ctrl_c(exc: BaseException) -> bool:
+    """True when `exc` was raised while a Ctrl-C was being handled: a C extension interrupted mid-import
+    turns the KeyboardInterrupt into e.g. "ImportError: initialization failed" (onnxruntime, pybind11)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _interrupted(main: Callable) -> NoReturn:
+    print("\ninterrupted", file=sys.stderr)
+    # helper threads (e.g. the data loader's file-descriptor sharer) may fail while the process winds down:
+    # after Ctrl-C their tracebacks are noise, the one line above is the message
+    threading.excepthook = lambda args: None
+    _finish(130, main)
+
+
 def run_cli(main: Callable[[], object]) -> NoReturn:
     """Run a script's main() the way every script ends: one line per failure, the right exit status.
     main() may return an exit status; anything else it returns (a benchmark's figures) means success."""
     try:
         code = main()
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        _finish(1, main)
     except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        # helper threads (e.g. the data loader's file-descriptor sharer) may fail while the process winds down:
-        # after Ctrl-C their tracebacks are noise, the one line above is the message
-        threading.excepthook = lambda args: None
-        _finish(130, main)
-    except OSError as exc:
-        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
-        _finish(1, main)
+        _interrupted(main)
+    except Exception as exc:
+        if _caused_by_ctrl_c(exc):
+            _interrupted(main)
+        if isinstance(exc, UserError):
+            print(f"error: {exc}", file=sys.stderr)
+            _finish(1, main)
+        if isinstance(exc, OSError):
+            print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+            _finish(1, main)
+        raise  # anything else is a bug: keep its traceback
     _finish(code if isinstance(code, int) and not isinstance(code, bool) else 0, main)
