@@ -347,11 +347,11 @@ def test_killed_register_keeps_every_earlier_enrolment(shared_data: Path, tmp_pa
     SpeakerDB(db, embedder).register("earlier_b", [str(seed / "b_1.wav")])
     expected = {"earlier_a": 2, "earlier_b": 1}
     speech, rate = sf.read(shared_data / "librispeech" / "train-clean-100" / "103-1240-0000.flac", dtype="float32")
-    clips = []  # 24 different 1.5 s takes of real speech per victim (identical takes would be enrolled once)
+    clips = []  # 24 different 2.5 s takes of real speech per victim (identical takes would be enrolled once)
     for j in range(24):
         clips.append(tmp_path / f"clip{j}.wav")
         start = rate + j * rate // 8
-        sf.write(clips[-1], speech[start : start + rate * 3 // 2], rate)
+        sf.write(clips[-1], speech[start : start + rate * 5 // 2], rate)
     clip = clips[0]
     rng = random.Random(7)
     hits = []
@@ -380,7 +380,7 @@ def test_killed_register_keeps_every_earlier_enrolment(shared_data: Path, tmp_pa
             if not wav.name.startswith("."):
                 assert_complete_wav(wav)
                 if wav.parent.name.startswith("victim"):
-                    assert sf.info(str(wav)).frames == 24000
+                    assert sf.info(str(wav)).frames == 40000
         counts = library.counts()
         for earlier, count in expected.items():
             assert counts.get(earlier) == count, f"kill {k} damaged {earlier}: {counts}"
