@@ -8,7 +8,8 @@ Usage:
     # adaptive score normalisation against a cohort (e.g. the training list), plus JSON and plots
     python eval.py --cohort_list_path dataset/train_list.txt --json_path eval.json --plot_dir plots
 
-Whole recordings are embedded (long ones segment by segment). A file that cannot be decoded is skipped
+Whole recordings are embedded (long ones segment by segment); on a CPU the backbone runs in ONNX Runtime
+(--engine auto; --engine torch keeps PyTorch). A file that cannot be decoded is skipped
 with a warning and counted; its pairs / trials are left out.
 
 The original's "best accuracy" threshold sweep (here over the whole cosine range, -1.00 to 1.00, step 0.01) is printed next to the accuracy of
