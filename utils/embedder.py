@@ -87,19 +87,18 @@ class Embedder:
             from utils.config import resolve_device
 
             device = resolve_device(device)
+        if engine == "onnx" and not onnx and device.type != "cpu":  # checked before the model load
+            raise OptionError("the onnx engine runs on the CPU: use --device cpu (or the torch engine)")
         self.device = device
         self.model_path = str(model_path)
         if onnx:
             self.model, info = load_onnx_model(model_path)
         else:
             self.model, info = load_inference_model(model_path, device)
-            if engine == "onnx":
-                if self.device.type != "cpu":
-                    raise OptionError("the onnx engine runs on the CPU: use --device cpu (or the torch engine)")
-                num_bins = FeatureConfig.from_dict(info["feature_config"]).num_bins
-                self.model = OnnxBackbone(onnx_session(export_backbone(self.model, num_bins, opset=17)))
-        self.engine = "onnx" if onnx else engine
         self.feature_config = FeatureConfig.from_dict(info["feature_config"])
+        if engine == "onnx" and not onnx:
+            self.model = OnnxBackbone(onnx_session(export_backbone(self.model, self.feature_config.num_bins)))
+        self.engine = "onnx" if onnx else engine
         self.extractor = FeatureExtractor(self.feature_config).to(device)
         self.operating_points = OperatingPoints.from_info(info)
         self.info = info

@@ -28,6 +28,7 @@ ONNX_INPUT, ONNX_OUTPUT = "features", "embedding"
 # ONNX metadata_props; every value except "format" is JSON
 ONNX_METADATA_KEYS = ("model_config", "feature_config", "operating_points", "meta")
 MAX_VERIFY_SECONDS = 30.0
+DEFAULT_OPSET = 17  # export_onnx() and Embedder(engine="onnx"); export_onnx.py repeats it so --help needs no torch
 
 
 # reading
@@ -106,7 +107,7 @@ def onnx_info(session: Any, name: str = "ONNX model") -> dict[str, Any]:
 # writing
 
 
-def export_backbone(model: Any, num_bins: int, opset: int) -> bytes:
+def export_backbone(model: Any, num_bins: int, opset: int = DEFAULT_OPSET) -> bytes:
     """torch.onnx.export of the backbone with dynamic batch and time axes; returns the serialised model."""
     example = torch.randn(1, num_bins, 300)
     buffer = io.BytesIO()
@@ -170,7 +171,7 @@ def verify(model_bytes: bytes, model: Any, feature_config: dict[str, Any], files
 def export_onnx(
     model_path: str | os.PathLike,
     output: str | os.PathLike,
-    opset: int = 17,
+    opset: int = DEFAULT_OPSET,
     verify_files: list[Path] | None = None,
     tolerance: float = 1e-4,
     source: str = "the given files",
