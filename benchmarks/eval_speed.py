@@ -61,15 +61,16 @@ def timed(command: list[str]) -> float:
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - began
     if proc.returncode != 0:
+        from utils.errors import UserError
+
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise RuntimeError(f"{command[1]} failed: {tail}")
+        raise UserError(f"{command[1]} failed: {tail}")
     return seconds
 
 
 def main(argv: list[str] | None = None) -> dict:
     sys.path.insert(0, str(ROOT))
     from utils.config import print_arguments
-    from utils.errors import UserError
     from utils.fileio import atomic_write_text
 
     args = build_parser().parse_args(argv)
@@ -105,10 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
         times: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(args.repeats):
             for name, command in runs.items():
-                try:
-                    times[name].append(timed(command))
-                except RuntimeError as exc:
-                    raise UserError(str(exc)) from None
+                times[name].append(timed(command))
     print(f"{len(items)} files, {audio_seconds / 60:.1f} min of speech, one thread, median of {args.repeats}")
     medians = {name: statistics.median(values) for name, values in times.items()}
     result = {"benchmark": "eval_speed", "files": len(items), "audio_seconds": audio_seconds, "seconds": medians,
