@@ -395,13 +395,22 @@ def evaluate(model: nn.Module, extractor: nn.Module, wavs: list[np.ndarray], lab
 
 def estimate_eval_seconds(model: nn.Module, extractor: nn.Module, wavs: list[np.ndarray], device) -> float:
     """What one validation pass will cost, from timing the longest utterance (reserved in a time budget)."""
-    longest = max(wavs, key=len)
-    started = time.time()
+    longest = torch.from_numpy(max(wavs, key=len))[None].to(device)
+    # as evaluate() runs it: cuDNN autotuning off, and timed after one warm-up call (the first CUDA call
+    # pays for kernel loading, which once reserved most of a short budget and ended the run early)
+    benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
     with torch.inference_mode():
         model.eval()
-        model(extractor(torch.from_numpy(longest)[None].to(device)))
+        model(extractor(longest))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.time()
+        model(extractor(longest))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         model.train()
-    per_sample = (time.time() - started) / len(longest)
+    torch.backends.cudnn.benchmark = benchmark
+    per_sample = (time.time() - started) / longest.shape[1]
     return 1.5 * per_sample * sum(len(w) for w in wavs)
 
 
@@ -557,10 +566,12 @@ class Budget:
     def update(self) -> float:
         """Max over ranks, so every DDP replica uses the same learning rate and stops at the same step."""
         train_seconds = max(self.seconds - self.eval_reserve, self.seconds * 0.1)
-        used = torch.tensor([(time.time() - self.started) / train_seconds], device=self.proc.device)
+        used = (time.time() - self.started) / train_seconds
         if self.proc.world_size > 1:  # on the training device: NCCL cannot reduce CPU tensors
-            dist.all_reduce(used, op=dist.ReduceOp.MAX)
-        self.used = float(used.item())
+            shared = torch.tensor([used], device=self.proc.device)
+            dist.all_reduce(shared, op=dist.ReduceOp.MAX)
+            used = float(shared.item())
+        self.used = used  # one process: no device tensor, so no GPU sync per step
         return self.used
 
 
