@@ -243,3 +243,27 @@ def test_resumed_epoch_has_one_log_row_with_the_whole_epoch(lists: Path, tmp_pat
     assert [r["epoch"] for r in b] == ["0"]  # the partial row of the stopped run was replaced
     assert float(b[0]["loss"]) == pytest.approx(float(a[0]["loss"]), rel=1e-3)
     assert float(b[0]["accuracy"]) == pytest.approx(float(a[0]["accuracy"]), abs=1e-6)
+
+
+def test_validation_reserve_ignores_the_first_calls_one_time_cost() -> None:
+    """The reserve for the final validation is timed after a warm-up call: on a GPU the first call loads
+    kernels (seconds), and timing it once reserved most of an 8-minute budget, ending runs after 150 steps."""
+    import numpy as np
+    from torch import nn
+
+    import train
+
+    class SlowFirstCall(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, feats: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            if self.calls == 1:
+                time.sleep(2.0)  # one-time start-up cost, as CUDA kernel loading
+            return feats.mean(dim=-1)
+
+    wavs = [np.zeros(16000 * 5, dtype=np.float32)] * 4  # 20 s of audio to validate
+    reserve = train.estimate_eval_seconds(SlowFirstCall(), nn.Identity(), wavs, torch.device("cpu"))
+    assert reserve < 1.0  # timed on the first call it would be 1.5 x 2 s x 4 = 12 s
