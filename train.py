@@ -23,6 +23,7 @@ train_log.csv and train_args.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import math
@@ -31,6 +32,7 @@ import random
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -370,6 +372,16 @@ def average_epoch_models(save_dir: Path, last: int, current: dict, current_epoch
 # evaluation
 
 
+@contextlib.contextmanager
+def cudnn_autotune_off() -> Iterator[None]:
+    """Validation utterances each have their own length: cuDNN autotuning per shape would cost minutes."""
+    benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+
+
 @torch.inference_mode()
 def evaluate(model: nn.Module, extractor: nn.Module, wavs: list[np.ndarray], labels: np.ndarray, device) -> dict:
     """EER/minDCF over all pairs of the (speaker-disjoint) validation list, whole utterances."""
@@ -378,17 +390,15 @@ def evaluate(model: nn.Module, extractor: nn.Module, wavs: list[np.ndarray], lab
     from utils.metrics import all_pairs_metrics
 
     model.eval()
-    # every utterance has its own length: cuDNN autotuning per shape would cost minutes
-    benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
-    emb = np.stack(
-        [
-            torch.nn.functional.normalize(model(extractor(torch.from_numpy(w)[None].to(device))).float(), dim=1)[0]
-            .cpu()
-            .numpy()
-            for w in tqdm(wavs, desc="validation", leave=False, dynamic_ncols=True)
-        ]
-    )
-    torch.backends.cudnn.benchmark = benchmark
+    with cudnn_autotune_off():
+        emb = np.stack(
+            [
+                torch.nn.functional.normalize(model(extractor(torch.from_numpy(w)[None].to(device))).float(), dim=1)[0]
+                .cpu()
+                .numpy()
+                for w in tqdm(wavs, desc="validation", leave=False, dynamic_ncols=True)
+            ]
+        )
     model.train()
     return all_pairs_metrics(emb, labels)
 
@@ -396,20 +406,16 @@ def evaluate(model: nn.Module, extractor: nn.Module, wavs: list[np.ndarray], lab
 def estimate_eval_seconds(model: nn.Module, extractor: nn.Module, wavs: list[np.ndarray], device) -> float:
     """What one validation pass will cost, from timing the longest utterance (reserved in a time budget)."""
     longest = torch.from_numpy(max(wavs, key=len))[None].to(device)
-    # as evaluate() runs it: cuDNN autotuning off, and timed after one warm-up call (the first CUDA call
-    # pays for kernel loading, which once reserved most of a short budget and ended the run early)
-    benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
-    with torch.inference_mode():
+    with torch.inference_mode(), cudnn_autotune_off():  # as evaluate() runs it
         model.eval()
-        model(extractor(longest))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        started = time.time()
-        model(extractor(longest))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        # the second call is timed: the first pays one-time costs (on a GPU, kernel loading), which once
+        # reserved most of a short budget and ended the run early
+        for _ in range(2):
+            started = time.time()
+            model(extractor(longest))
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
         model.train()
-    torch.backends.cudnn.benchmark = benchmark
     per_sample = (time.time() - started) / longest.shape[1]
     return 1.5 * per_sample * sum(len(w) for w in wavs)
 
