@@ -1,7 +1,8 @@
 """Train a speaker-embedding model (ResNet34 + ArcFace by default) on list files.
 
 Usage:
-    python train.py                                    # dataset/train_list.txt -> models/
+    python train.py                                    # dataset/train_list.txt -> runs/model/
+    python train.py --max_minutes 10 --device cpu      # a run that ends (and is saved) within 10 minutes
     python train.py --config configs/default.yaml      # YAML defaults, command line wins
     python train.py --max_steps 20 --device cpu        # smoke run
     python train.py --resume                           # continue a killed run exactly
@@ -109,6 +110,13 @@ def add_data_options(add: Any) -> None:
     )
     add("--cache_audio", type=str2bool, default=False, help="decode every file once and keep it in memory")
     add("--eval_max_seconds", type=float, default=20.0, help="cap on each test utterance during per-epoch evaluation")
+    add(
+        "--valid_share",
+        type=float,
+        default=0.1,
+        help="most of the run spent validating: an epoch end is validated when training since the last "
+        "validation took at least (1/share - 1) times one validation (1 = every epoch; the last is always)",
+    )
 
 
 def add_augmentation_options(add: Any) -> None:
@@ -174,7 +182,12 @@ def add_optimiser_options(add: Any) -> None:
         default=1.0,
         help="linear learning-rate warm-up (at most a tenth of --max_minutes)",
     )
-    add("--num_epoch", type=int, default=30, help="number of epochs (a time budget may end the run earlier)")
+    add(
+        "--num_epoch",
+        type=int,
+        default=None,
+        help="number of epochs (default: 30; with --max_minutes, as many as the budget allows)",
+    )
     add("--max_steps", type=int, default=0, help="stop after this many optimiser steps (0 = no limit)")
     add("--max_minutes", type=float, default=0, help="wall-clock budget: the LR schedule is fitted to it (0 = none)")
     add("--grad_clip", type=float, default=5.0, help="clip the gradient norm to this value")
@@ -205,7 +218,13 @@ def add_run_options(add: Any) -> None:
     add("--teacher_weight", type=float, default=20.0, help="weight of the distillation loss")
     add("--inference_half", type=str2bool, default=False, help="store inference.pt weights as fp16 (half the size)")
     add("--tensorboard", type=str2bool, default=False, help="also log to <save_model>/tensorboard")
-    add("--threads", type=int, default=0, help="CPU threads for torch (0 = as many as torch chooses)")
+    add(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads for torch (0 = tuned while training: the fastest count, re-checked every minute, "
+        "as other processes sharing the cores come and go)",
+    )
     add("--verbose", action="store_true", help="print the whole configuration first")
 
 
@@ -427,7 +446,7 @@ POSITIVE_OPTIONS = (
     "batch_size", "crop_seconds", "num_epoch", "learning_rate", "width", "embedding_dim", "n_mels", "scale", "lr_step",
     "eval_max_seconds", "keep_checkpoints", "grad_clip", "num_workers", "epoch_size", "max_steps", "max_minutes",
     "save_every_steps", "warmup_epochs", "margin_warmup_epochs", "weight_decay", "threads", "valid_speakers",
-    "average_last", "teacher_weight",
+    "average_last", "teacher_weight", "valid_share",
 )  # fmt: skip
 ZERO_ALLOWED = (
     "num_workers", "epoch_size", "max_steps", "max_minutes", "save_every_steps", "warmup_epochs",
@@ -441,7 +460,16 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     check_output_dir(args.save_model, "--save_model")
     if args.resume and args.overwrite:
         fail("--resume continues the run in --save_model, --overwrite replaces it: pass one of them")
+    if args.valid_share > 1:
+        fail(f"--valid_share is a share of the run, from above 0 to 1, got {args.valid_share}")
     return args
+
+
+def epoch_limit(args: argparse.Namespace) -> int:
+    """--num_epoch, or its default: 30 epochs, or as many as --max_minutes allows."""
+    if args.num_epoch is not None:
+        return args.num_epoch
+    return 10**9 if args.max_minutes else 30
 
 
 @dataclass
@@ -567,18 +595,87 @@ class Budget:
         self.started = started  # moved back by the elapsed time of a resumed run
         self.eval_reserve = 5.0
         self.used = 0.0
+        self.ahead = 0.0  # `used` after one more step: the run stops before a step would overrun the budget
+        self.step_started: float | None = None
         self.proc = proc
+
+    def restart_step_clock(self) -> None:
+        """After a validation: the next step's length must not include it."""
+        self.step_started = None
 
     def update(self) -> float:
         """Max over ranks, so every DDP replica uses the same learning rate and stops at the same step."""
+        now = time.time()
+        step_seconds = now - self.step_started if self.step_started is not None else 0.0
+        self.step_started = now
         train_seconds = max(self.seconds - self.eval_reserve, self.seconds * 0.1)
-        used = (time.time() - self.started) / train_seconds
+        used, ahead = (now - self.started) / train_seconds, (now - self.started + step_seconds) / train_seconds
         if self.proc.world_size > 1:  # on the training device: NCCL cannot reduce CPU tensors
-            shared = torch.tensor([used], device=self.proc.device)
+            shared = torch.tensor([used, ahead], device=self.proc.device)
             dist.all_reduce(shared, op=dist.ReduceOp.MAX)
-            used = float(shared.item())
-        self.used = used  # one process: no device tensor, so no GPU sync per step
+            used, ahead = (float(x) for x in shared.tolist())
+        self.used, self.ahead = used, ahead  # one process: no device tensor, so no GPU sync per step
         return self.used
+
+
+class ThreadTuner:
+    """--threads 0 on a CPU, one process: torch's default of one thread per core collapses when other
+    processes share the cores (2 cores beside two busy processes: 5.9 s per step with 2 threads, 3.6 s
+    with 1; idle: 1.5 s vs 2.6 s). So the loop times its steps' compute now and then at the current count
+    and at a neighbouring one (half or double) and keeps the faster; re-checked every minute, as
+    neighbours come and go."""
+
+    def __init__(self, recheck_seconds: float = 60.0, trial_steps: int = 3) -> None:
+        self.max_threads = self.threads = torch.get_num_threads()
+        self.recheck_seconds, self.trial_steps = recheck_seconds, trial_steps
+        self.direction = -1  # torch starts at the most threads: try fewer first
+        self.phase = "wait"  # wait -> baseline (time the current count) -> trial (time the candidate)
+        self.next_check = 0.0
+        self.skip, self.times, self.baseline, self.previous = 1, [], 0.0, self.threads
+
+    def candidate(self) -> int | None:
+        for direction in (self.direction, -self.direction):
+            threads = max(1, self.threads // 2) if direction < 0 else min(self.max_threads, self.threads * 2)
+            if threads != self.threads:
+                self.direction = direction
+                return threads
+        return None
+
+    def set_threads(self, threads: int) -> None:
+        torch.set_num_threads(threads)
+        self.threads, self.skip = threads, 1  # the first step after a change starts the new threads
+
+    def record(self, seconds: float) -> str | None:
+        """One step's compute time; a message when the thread count changed for good."""
+        now = time.time()
+        if self.phase == "wait":
+            if now < self.next_check:
+                return None
+            self.phase, self.times = "baseline", []
+        if self.skip:
+            self.skip -= 1
+            return None
+        self.times.append(seconds)
+        if len(self.times) < self.trial_steps:
+            return None
+        median, self.times = float(np.median(self.times)), []
+        if self.phase == "baseline":
+            candidate = self.candidate()
+            if candidate is None:
+                self.phase, self.next_check = "wait", now + self.recheck_seconds
+                return None
+            self.baseline, self.previous, self.phase = median, self.threads, "trial"
+            self.set_threads(candidate)
+            return None
+        self.phase = "wait"
+        if median < 0.95 * self.baseline:  # keep it, and go on the same way at once
+            self.next_check = now
+            return (
+                f"threads {self.previous} -> {self.threads}: {median:.2f} s per step instead of {self.baseline:.2f} s"
+            )
+        self.set_threads(self.previous)
+        self.direction, self.next_check = -self.direction, now + self.recheck_seconds
+        return None
 
 
 class LearningRateSchedule:
@@ -586,7 +683,7 @@ class LearningRateSchedule:
 
     def __init__(self, args: argparse.Namespace, steps_per_epoch: int, budget: Budget) -> None:
         self.args, self.steps_per_epoch, self.budget = args, steps_per_epoch, budget
-        total = args.num_epoch * steps_per_epoch
+        total = epoch_limit(args) * steps_per_epoch
         self.total_steps = min(total, args.max_steps) if args.max_steps else total
         self.warmup_steps = int(args.warmup_epochs * steps_per_epoch)
 
@@ -639,6 +736,9 @@ class Trainer:
     scaler: torch.amp.GradScaler
     budget: Budget
     save_dir: Path
+    thread_tuner: ThreadTuner | None = None
+    trained_since_validation: float = 0.0  # seconds; with --valid_share, when the next validation is due
+    validation_seconds: float = 0.0  # what one validation costs (estimated, then measured)
     writer: Any = None
 
     @property
@@ -741,6 +841,7 @@ def train_one_epoch(trainer: Trainer, progress: Progress) -> bool:
         if hasattr(module.head, "set_margin_fraction"):
             warm = progress.global_step / margin_warmup
             module.head.set_margin_fraction(max(warm, budget.used / 0.2) if args.max_minutes else warm)
+        step_started = time.perf_counter()
         wav, label = wav.to(device, non_blocking=True), label.to(device, non_blocking=True)
         teacher_emb = trainer.teacher(wav) if trainer.teacher is not None else None
         feats = trainer.extractor(wav)
@@ -755,6 +856,14 @@ def train_one_epoch(trainer: Trainer, progress: Progress) -> bool:
         nn.utils.clip_grad_norm_(trainer.step_module.parameters(), args.grad_clip)
         trainer.scaler.step(trainer.optimizer)
         trainer.scaler.update()
+        if trainer.thread_tuner is not None:
+            message = trainer.thread_tuner.record(time.perf_counter() - step_started)
+            if message and proc.is_main:
+                bar.write(message)
+                if data.valid_wavs:  # validation runs at the new count too: re-time what it will cost
+                    trainer.validation_seconds = estimate_eval_seconds(module.model, trainer.extractor,
+                                                                       data.valid_wavs, device)  # fmt: skip
+                    budget.eval_reserve = 5.0 + trainer.validation_seconds
         if args.max_minutes:
             budget.update()
         trainer.scheduler.step()
@@ -773,7 +882,7 @@ def train_one_epoch(trainer: Trainer, progress: Progress) -> bool:
             save_state(trainer, progress, trainer.save_dir / "last" / "checkpoint.pt", progress.epoch,
                        progress.step_in_epoch)  # fmt: skip
         stop = bool(args.max_steps) and progress.global_step >= args.max_steps
-        stop = stop or bool(args.max_minutes) and budget.used >= 1.0
+        stop = stop or bool(args.max_minutes) and budget.ahead >= 1.0
         if stop:
             break
     bar.close()
@@ -812,9 +921,18 @@ def save_inference(trainer: Trainer, progress: Progress, model: nn.Module, avera
                          trainer.feature_config.to_dict(), points, meta, half=args.inference_half)  # fmt: skip
 
 
-def evaluate_and_save(trainer: Trainer, progress: Progress, epoch_done: bool, train_seconds: float) -> None:
-    """Rank 0 after each epoch (or a mid-epoch stop, which stays resumable): validate the model to ship,
-    write inference.pt when it is the one to keep, checkpoint, and log one row."""
+def validation_due(trainer: Trainer, progress: Progress, stop: bool) -> bool:
+    """The last epoch always; before it, only as often as --valid_share allows (tiny epochs on a CPU would
+    otherwise spend most of the run validating: 26 validations in a 10-minute run of 9-step epochs)."""
+    if not trainer.data.valid_wavs or stop or progress.epoch >= epoch_limit(trainer.args):
+        return True
+    return trainer.trained_since_validation >= (1 / trainer.args.valid_share - 1) * trainer.validation_seconds
+
+
+def evaluate_and_save(trainer: Trainer, progress: Progress, epoch_done: bool, train_seconds: float,
+                      validate: bool) -> None:  # fmt: skip
+    """Rank 0 after each epoch (or a mid-epoch stop, which stays resumable): validate the model to ship
+    (when due), write inference.pt when it is the one to keep, checkpoint, and log one row."""
     args, data = trainer.args, trainer.data
     eval_started = time.time()
     epoch = progress.epoch - 1 if epoch_done else progress.epoch
@@ -822,11 +940,15 @@ def evaluate_and_save(trainer: Trainer, progress: Progress, epoch_done: bool, tr
            "loss": round(float(progress.sum_loss) / max(progress.count, 1), 5),
            "accuracy": round(float(progress.sum_acc) / max(progress.count, 1), 5),
            "lr": trainer.scheduler.get_last_lr()[0], "seconds": round(train_seconds, 1), "eer": "", "min_dcf": ""}  # fmt: skip
-    ship_model, averaged = model_to_ship(trainer, progress.epoch)
     summary = f"epoch {epoch}: loss {row['loss']:.4f} acc {row['accuracy']:.4f}"
-    improved, metrics = not data.valid_wavs or bool(args.average_last), None
-    if data.valid_wavs:
+    trainer.trained_since_validation += train_seconds
+    improved, metrics = validate and (not data.valid_wavs or bool(args.average_last)), None
+    if validate:
+        ship_model, averaged = model_to_ship(trainer, progress.epoch)
+    if validate and data.valid_wavs:
+        validation_started = time.time()
         metrics = evaluate(ship_model, trainer.extractor, data.valid_wavs, data.valid_labels, trainer.proc.device)
+        trainer.validation_seconds, trainer.trained_since_validation = time.time() - validation_started, 0.0
         row["eer"], row["min_dcf"] = round(metrics["eer"], 5), round(metrics["min_dcf"], 5)
         improved = improved or progress.best["eer"] is None or metrics["eer"] <= progress.best["eer"]
         what = f"average of epochs {','.join(map(str, averaged))}" if averaged else "model"
@@ -847,9 +969,13 @@ def evaluate_and_save(trainer: Trainer, progress: Progress, epoch_done: bool, tr
         save_state(trainer, progress, trainer.save_dir / "last" / "checkpoint.pt", progress.epoch,
                    progress.step_in_epoch)  # fmt: skip
     eval_seconds = time.time() - eval_started
-    trainer.budget.eval_reserve = 1.25 * eval_seconds + 5.0
     row["eval_seconds"] = round(eval_seconds, 1)
-    print(f"{summary} | train {row['seconds']} s, validation and save {row['eval_seconds']} s")
+    if validate:
+        trainer.budget.eval_reserve = 1.25 * eval_seconds + 5.0  # the final validation and save
+        print(f"{summary} | train {row['seconds']} s, validation and save {row['eval_seconds']} s")
+    else:
+        print(f"{summary} | train {row['seconds']} s, save {row['eval_seconds']} s (validated every "
+              f"~{(1 / args.valid_share - 1) * trainer.validation_seconds:.0f} s of training: --valid_share)")  # fmt: skip
     write_log_row(trainer.save_dir / "train_log.csv", row)
     if trainer.writer is not None:
         for key in ("loss", "accuracy", "lr"):
@@ -946,13 +1072,16 @@ def main(argv: list[str] | None = None) -> None:
             from torch.utils.tensorboard import SummaryWriter
 
             trainer.writer = SummaryWriter(str(save_dir / "tensorboard"))
-    if data.valid_wavs:  # reserve the final validation's time in the budget
-        budget.eval_reserve += estimate_eval_seconds(model, extractor, data.valid_wavs, proc.device)
+    if data.valid_wavs:  # reserve the final validation's time in the budget; it also spaces the validations
+        trainer.validation_seconds = estimate_eval_seconds(model, extractor, data.valid_wavs, proc.device)
+        budget.eval_reserve += trainer.validation_seconds
+    if proc.device.type == "cpu" and proc.world_size == 1 and args.threads == 0:
+        trainer.thread_tuner = ThreadTuner()
 
     # loop
     stop = bool(args.max_steps) and progress.global_step >= args.max_steps
     trainer.step_module.train()
-    while progress.epoch < args.num_epoch and not stop:
+    while progress.epoch < epoch_limit(args) and not stop:
         started = time.time()
         stop = train_one_epoch(trainer, progress)
         epoch_done = progress.step_in_epoch >= data.sampler.batches_per_rank
@@ -962,9 +1091,12 @@ def main(argv: list[str] | None = None) -> None:
 
         # evaluate and save
         if proc.is_main:
-            evaluate_and_save(trainer, progress, epoch_done, time.time() - started)
+            evaluate_and_save(
+                trainer, progress, epoch_done, time.time() - started, validation_due(trainer, progress, stop)
+            )
         if proc.world_size > 1:
             dist.barrier()
+        budget.restart_step_clock()
         progress.start_epoch()
 
     # done

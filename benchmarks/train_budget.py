@@ -12,8 +12,10 @@ Both are scored by train.py itself on its validation split (3 training speakers 
 number here comes from the dev set. Modes: `idle`, and `busy`, where one CPU-bound process per core
 runs beside training for the whole run, as on a shared machine; a budget in minutes must not leave
 a busy run inside its warm-up. Printed per mode: validation EER after 2 steps and after M minutes
-(their ratio), the steps trained, the validation EER of each epoch, and the swing of the last 3
-(max - min, in points).
+(their ratio), the steps trained, the EER of each validation (train.py validates as often as
+--valid_share allows), the swing of the last 3 (max - min, in points) and the largest rise between two of
+them (a falling EER is the run still improving, a rise is noise), and the thread counts
+train.py's tuner chose.
 """
 
 from __future__ import annotations
@@ -91,7 +93,11 @@ def measure(mode: str, args: argparse.Namespace, work: Path) -> dict:
         "budget_seconds": budget["seconds"],
         "epoch_eers": epoch_eers,
         "last_3_swing_points": 100 * (max(last) - min(last)),
+        # a swing is a rise: falling EER over the last validations is the run still improving
+        "last_3_largest_rise_points": max([0.0] + [100 * (b - a) for a, b in zip(last, last[1:])]),
         "warm_up_note": "rises at first by design" in budget["stdout"],
+        "validations": len(epoch_eers),
+        "thread_changes": [line.strip() for line in budget["stdout"].splitlines() if line.startswith("threads ")],
     }
 
 
@@ -115,7 +121,8 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{mode}: validation EER {figures['eer_2_steps']:.2%} after 2 steps, {figures['eer_budget']:.2%} after "
                 f"{args.minutes:g} min ({figures['steps']} steps, {figures['budget_seconds']:.0f} s; 2-step EER / this: x{ratio:.2f}); "
                 f"per epoch: {', '.join(f'{e:.1%}' for e in figures['epoch_eers'])}; last 3 swing "
-                f"{figures['last_3_swing_points']:.1f} points; warm-up note in the log: {figures['warm_up_note']}"
+                f"{figures['last_3_swing_points']:.1f} points (largest rise {figures['last_3_largest_rise_points']:.1f}); warm-up note in the log: {figures['warm_up_note']}; "
+                f"threads: {'; '.join(figures['thread_changes']) or 'unchanged'}"
             )
             result["rows"].append({
                 "what": f"train.py --max_minutes {args.minutes:g} --device cpu, {mode} machine: validation EER",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import random
 import re
@@ -267,3 +268,48 @@ def test_validation_reserve_ignores_the_first_calls_one_time_cost() -> None:
     wavs = [np.zeros(16000 * 5, dtype=np.float32)] * 4  # 20 s of audio to validate
     reserve = train.estimate_eval_seconds(SlowFirstCall(), nn.Identity(), wavs, torch.device("cpu"))
     assert reserve < 1.0  # timed on the first call it would be 1.5 x 2 s x 4 = 12 s
+
+
+def test_valid_share_spaces_the_validations(lists: Path, tmp_path: Path) -> None:
+    """Tiny epochs validate only as often as --valid_share allows; the last epoch is always validated."""
+    save = tmp_path / "m"
+    result = run(["train.py", "--train_list_path", str(lists / "train_list.txt"), "--valid_speakers", "2",
+                  "--valid_share", "0.01", "--epoch_size", "8", "--num_epoch", "4", "--save_model", str(save),
+                  *TINY])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(save / "train_log.csv", newline="") as f:
+        eers = [row["eer"] for row in csv.DictReader(f)]
+    assert len(eers) == 4 and eers[:3] == ["", "", ""] and 0.0 <= float(eers[3]) <= 1.0
+    assert result.stdout.count("validation EER (") == 1 and "--valid_share" in result.stdout
+    assert load_inference_model(save / "inference.pt")[1]["meta"]["averaged_epochs"] == [2, 3, 4]
+
+
+def test_a_time_budget_without_num_epoch_trains_until_the_budget(lists: Path, tmp_path: Path) -> None:
+    """--max_minutes without --num_epoch: the budget, not the default 30 epochs, ends the run."""
+    save = tmp_path / "m"
+    result = run(["train.py", "--train_list_path", str(lists / "train_list.txt"), "--valid_speakers", "0",
+                  "--max_minutes", "0.5", "--epoch_size", "4", "--save_every_steps", "0", "--save_model", str(save),
+                  *TINY])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    epochs = len((save / "train_log.csv").read_text().splitlines()) - 1
+    assert epochs > 30, f"{epochs} one-step epochs in 30 s"
+
+
+def test_thread_tuner_keeps_the_faster_thread_count() -> None:
+    """Fed step times, the tuner tries half the threads, keeps them when faster, and goes back when not."""
+    import train
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        tuner = train.ThreadTuner(recheck_seconds=0.0, trial_steps=3)
+        messages = [tuner.record(1.0) for _ in range(4)]  # 1 step skipped, 3 timed at 2 threads
+        assert messages == [None] * 4 and torch.get_num_threads() == 1  # now trying 1 thread
+        messages = [tuner.record(0.5) for _ in range(4)]  # 1 skipped, 3 timed at 1 thread: faster
+        assert messages[-1] == "threads 2 -> 1: 0.50 s per step instead of 1.00 s" and tuner.threads == 1
+        [tuner.record(0.5) for _ in range(3)]  # baseline at 1 thread, then a trial of 2 threads
+        assert torch.get_num_threads() == 2
+        messages = [tuner.record(0.9) for _ in range(4)]  # slower: back to 1 thread, nothing printed
+        assert messages == [None] * 4 and torch.get_num_threads() == 1 and tuner.threads == 1
+    finally:
+        torch.set_num_threads(before)
