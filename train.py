@@ -622,12 +622,14 @@ class ThreadTuner:
     """--threads 0 on a CPU, one process: torch's default of one thread per core collapses when other
     processes share the cores (2 cores beside two busy processes: 5.9 s per step with 2 threads, 3.6 s
     with 1; idle: 1.5 s vs 2.6 s). So the loop times its steps' compute now and then at the current count
-    and at a neighbouring one (half or double) and keeps the faster; re-checked every minute, as
-    neighbours come and go."""
+    and at a neighbouring one (half or double) and keeps the faster; re-checked after a minute, as
+    neighbours come and go, and twice as late after each trial that changed nothing (a trial of a slower
+    count costs a few slow steps: on an idle machine it would otherwise cost ~7% of the run)."""
 
     def __init__(self, recheck_seconds: float = 60.0, trial_steps: int = 3) -> None:
         self.max_threads = self.threads = torch.get_num_threads()
         self.recheck_seconds, self.trial_steps = recheck_seconds, trial_steps
+        self.interval = recheck_seconds  # doubles after each trial that changed nothing, up to 16x
         self.direction = -1  # torch starts at the most threads: try fewer first
         self.phase = "wait"  # wait -> baseline (time the current count) -> trial (time the candidate)
         self.next_check = 0.0
@@ -662,19 +664,20 @@ class ThreadTuner:
         if self.phase == "baseline":
             candidate = self.candidate()
             if candidate is None:
-                self.phase, self.next_check = "wait", now + self.recheck_seconds
+                self.phase, self.next_check = "wait", now + self.interval
                 return None
             self.baseline, self.previous, self.phase = median, self.threads, "trial"
             self.set_threads(candidate)
             return None
         self.phase = "wait"
         if median < 0.95 * self.baseline:  # keep it, and go on the same way at once
-            self.next_check = now
+            self.next_check, self.interval = now, self.recheck_seconds
             return (
                 f"threads {self.previous} -> {self.threads}: {median:.2f} s per step instead of {self.baseline:.2f} s"
             )
         self.set_threads(self.previous)
-        self.direction, self.next_check = -self.direction, now + self.recheck_seconds
+        self.direction, self.next_check = -self.direction, now + self.interval
+        self.interval = min(2 * self.interval, 16 * self.recheck_seconds)
         return None
 
 

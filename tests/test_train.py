@@ -311,5 +311,12 @@ def test_thread_tuner_keeps_the_faster_thread_count() -> None:
         assert torch.get_num_threads() == 2
         messages = [tuner.record(0.9) for _ in range(4)]  # slower: back to 1 thread, nothing printed
         assert messages == [None] * 4 and torch.get_num_threads() == 1 and tuner.threads == 1
+        # a trial that changed nothing puts the next one off twice as long
+        torch.set_num_threads(2)
+        slow = train.ThreadTuner(recheck_seconds=60.0, trial_steps=1)
+        [slow.record(1.0) for _ in range(2)]  # 1 skipped, 1 timed at 2 threads; then a trial of 1 thread
+        [slow.record(2.0) for _ in range(2)]  # slower: back to 2, next trial in 60 s, the one after in 120 s
+        assert slow.threads == 2 and torch.get_num_threads() == 2
+        assert slow.interval == 120.0 and 55 < slow.next_check - time.time() <= 60
     finally:
         torch.set_num_threads(before)
