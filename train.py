@@ -222,7 +222,7 @@ def add_run_options(add: Any) -> None:
         "--threads",
         type=int,
         default=0,
-        help="CPU threads for torch (0 = tuned while training: the fastest count, re-checked every minute, "
+        help="CPU threads for torch (0 = tuned while training: the fastest count, re-checked now and then "
         "as other processes sharing the cores come and go)",
     )
     add("--verbose", action="store_true", help="print the whole configuration first")
