@@ -439,6 +439,14 @@ def estimate_eval_seconds(model: nn.Module, extractor: nn.Module, wavs: list[np.
     return 1.5 * per_sample * sum(len(w) for w in wavs)
 
 
+def time_validation(trainer: Trainer) -> None:
+    """One validation's cost at the current thread count: it spaces the validations (--valid_share) and is
+    reserved in the time budget for the final one."""
+    trainer.validation_seconds = estimate_eval_seconds(trainer.module.model, trainer.extractor,
+                                                       trainer.data.valid_wavs, trainer.proc.device)  # fmt: skip
+    trainer.budget.reserve(trainer.validation_seconds)
+
+
 # setup
 
 
@@ -590,14 +598,20 @@ class Budget:
     """--max_minutes is the whole run, counted from process start: training stops early enough for the final
     validation and save. `used` is the elapsed share of the training part, the same on every rank."""
 
+    SAVE_SECONDS = 5.0  # writing the last checkpoint and inference.pt, on top of the final validation
+
     def __init__(self, minutes: float, started: float, proc: Process) -> None:
         self.seconds = minutes * 60
         self.started = started  # moved back by the elapsed time of a resumed run
-        self.eval_reserve = 5.0
+        self.eval_reserve = self.SAVE_SECONDS
         self.used = 0.0
         self.ahead = 0.0  # `used` after one more step: the run stops before a step would overrun the budget
         self.step_started: float | None = None
         self.proc = proc
+
+    def reserve(self, validation_seconds: float) -> None:
+        """Keep the final validation and save out of the training time."""
+        self.eval_reserve = self.SAVE_SECONDS + validation_seconds
 
     def restart_step_clock(self) -> None:
         """After a validation: the next step's length must not include it."""
@@ -864,9 +878,7 @@ def train_one_epoch(trainer: Trainer, progress: Progress) -> bool:
             if message and proc.is_main:
                 bar.write(message)
                 if data.valid_wavs:  # validation runs at the new count too: re-time what it will cost
-                    trainer.validation_seconds = estimate_eval_seconds(module.model, trainer.extractor,
-                                                                       data.valid_wavs, device)  # fmt: skip
-                    budget.eval_reserve = 5.0 + trainer.validation_seconds
+                    time_validation(trainer)
         if args.max_minutes:
             budget.update()
         trainer.scheduler.step()
@@ -974,7 +986,7 @@ def evaluate_and_save(trainer: Trainer, progress: Progress, epoch_done: bool, tr
     eval_seconds = time.time() - eval_started
     row["eval_seconds"] = round(eval_seconds, 1)
     if validate:
-        trainer.budget.eval_reserve = 1.25 * eval_seconds + 5.0  # the final validation and save
+        trainer.budget.reserve(1.25 * eval_seconds)  # measured: the final validation and save, with a margin
         print(f"{summary} | train {row['seconds']} s, validation and save {row['eval_seconds']} s")
     else:
         print(f"{summary} | train {row['seconds']} s, save {row['eval_seconds']} s (validated every "
@@ -1075,9 +1087,8 @@ def main(argv: list[str] | None = None) -> None:
             from torch.utils.tensorboard import SummaryWriter
 
             trainer.writer = SummaryWriter(str(save_dir / "tensorboard"))
-    if data.valid_wavs:  # reserve the final validation's time in the budget; it also spaces the validations
-        trainer.validation_seconds = estimate_eval_seconds(model, extractor, data.valid_wavs, proc.device)
-        budget.eval_reserve += trainer.validation_seconds
+    if data.valid_wavs:
+        time_validation(trainer)
     if proc.device.type == "cpu" and proc.world_size == 1 and args.threads == 0:
         trainer.thread_tuner = ThreadTuner()
 

@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(
                 f"{mode}: validation EER {figures['eer_2_steps']:.2%} after 2 steps, {figures['eer_budget']:.2%} after "
                 f"{args.minutes:g} min ({figures['steps']} steps, {figures['budget_seconds']:.0f} s; 2-step EER / this: x{ratio:.2f}); "
-                f"per epoch: {', '.join(f'{e:.1%}' for e in figures['epoch_eers'])}; last 3 swing "
+                f"per validation: {', '.join(f'{e:.1%}' for e in figures['epoch_eers'])}; last 3 swing "
                 f"{figures['last_3_swing_points']:.1f} points (largest rise {figures['last_3_largest_rise_points']:.1f}); warm-up note in the log: {figures['warm_up_note']}; "
                 f"threads: {'; '.join(figures['thread_changes']) or 'unchanged'}"
             )

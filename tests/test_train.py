@@ -235,8 +235,6 @@ def test_resumed_epoch_has_one_log_row_with_the_whole_epoch(lists: Path, tmp_pat
     assert "done: 6 steps" in resumed.stdout
 
     def rows(folder: str) -> list[dict]:
-        import csv
-
         with open(tmp_path / folder / "train_log.csv", newline="") as f:
             return list(csv.DictReader(f))
 
