@@ -114,3 +114,30 @@ def test_cli_reports_bad_model_without_traceback(tmp_path: Path, capsys: pytest.
     err = capsys.readouterr().err
     assert err.startswith("error: model file not found") and "Traceback" not in err
     assert not (tmp_path / "missing.onnx").exists()
+
+
+def test_ctrl_c_during_the_export_waits_for_the_export_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A KeyboardInterrupt inside the exporter's native imports once crashed eval.py (segfault, exit -11):
+    Ctrl-C is held until the export is complete, then raised."""
+    import os
+    import signal
+
+    import torch
+
+    from utils.checkpoint import load_inference_model
+    from utils.features import FeatureConfig
+    from utils.onnx_model import export_backbone
+
+    model, info = load_inference_model(BUNDLED, torch.device("cpu"))
+    real_export, finished = torch.onnx.export, []
+
+    def interrupted_export(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # the keypress arrives as the export starts
+        real_export(*args, **kwargs)
+        finished.append(True)
+
+    monkeypatch.setattr(torch.onnx, "export", interrupted_export)
+    with pytest.raises(KeyboardInterrupt):
+        export_backbone(model, FeatureConfig.from_dict(info["feature_config"]).num_bins)
+    assert finished == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again afterwards

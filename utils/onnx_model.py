@@ -21,6 +21,7 @@ import torch
 
 from utils.checkpoint import CheckpointError
 from utils.features import FeatureConfig
+from utils.fileio import deferred_interrupt
 from utils.operating_points import OperatingPoints
 
 ONNX_FORMAT = "voiceprint-onnx-v1"
@@ -54,7 +55,8 @@ class OnnxBackbone(torch.nn.Module):
 def onnx_session(model: str | os.PathLike | bytes, num_threads: int | None = None) -> Any:
     """A CPU InferenceSession using as many threads as torch (`num_threads` overrides); one-line errors."""
     try:
-        import onnxruntime as ort
+        with deferred_interrupt():  # see export_backbone
+            import onnxruntime as ort
     except ImportError:
         raise CheckpointError("onnxruntime is not installed: pip install onnxruntime") from None
     if not isinstance(model, bytes):
@@ -111,7 +113,9 @@ def export_backbone(model: Any, num_bins: int, opset: int = DEFAULT_OPSET) -> by
     """torch.onnx.export of the backbone with dynamic batch and time axes; returns the serialised model."""
     example = torch.randn(1, num_bins, 300)
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+    # Ctrl-C is held until the export ends: a KeyboardInterrupt inside the exporter's native imports (protobuf)
+    # can leave a half-made module that crashes the process (measured: a segfault, ~1 in 50 interrupts)
+    with deferred_interrupt(), warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         # the TorchScript-based exporter needs no onnxscript; torch 2.9+ warns that it is no longer the default
         warnings.simplefilter("ignore")
         torch.onnx.export(
