@@ -1,7 +1,7 @@
 """Who spoke when, measured: conversations built from real LibriSpeech speech, scored with pyannote.metrics.
 
-Each conversation takes 2-4 speakers of a set, whole utterances as turns (no speaker twice in a row),
-pauses of 0.2-1.0 s, about --minutes long; the "overlap" variant starts each turn 0.3-1.0 s before the
+Each conversation takes 2-4 speakers of a set (N with --speakers N), whole utterances as turns (no
+speaker twice in a row), pauses of 0.2-1.0 s, about --minutes long; the "overlap" variant starts each turn 0.3-1.0 s before the
 previous one ends (both voices mixed). Two of the speakers are enrolled in a library from 3 utterances
 that are not in the conversation; the others are strangers. Reference RTTMs come from the construction.
 
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variants", nargs="+", choices=("clean", "overlap"), default=["clean", "overlap"])
     parser.add_argument("--conversations", type=int, default=6, help="conversations per set and variant")
     parser.add_argument("--minutes", type=float, default=2.5, help="length of each conversation")
+    parser.add_argument("--speakers", type=int, default=None, help="speakers per conversation (default: 2-4 at random)")
     parser.add_argument("--prunes", type=float, nargs="+", default=[None],
                         help="affinity pruning shares to try (utils.diarization.PRUNE by default)")  # fmt: skip
     parser.add_argument("--penalties", type=float, nargs="+", default=[None],
@@ -251,7 +252,8 @@ def evaluate(set_name: str, variant: str, prune, penalty, args, embedder) -> dic
     pools = {s: list(utterances(data, s)) for s in SETS[set_name]}
     rows, seconds, wall, lags = [], 0.0, 0.0, []
     for n in range(args.conversations):
-        count = int(rng.integers(2, min(4, len(SETS[set_name])) + 1))
+        count = int(rng.integers(2, min(4, len(SETS[set_name])) + 1))  # drawn either way: same conversations
+        count = min(args.speakers or count, len(SETS[set_name]))
         speakers = [str(s) for s in rng.choice(SETS[set_name], size=count, replace=False)]
         pool = {}
         for s in speakers:

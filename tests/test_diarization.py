@@ -233,3 +233,43 @@ def test_readers_who_sound_alike_stay_apart_and_a_name_goes_to_one_voice(
     assert len(result.speakers) == 3, share
     assert share["1919"].get("1919", 0) > 0.85 and share["84"].get("84", 0) > 0.85, share
     assert share["2412"].get("1919", 0) + share["2412"].get("84", 0) < 0.1, share
+
+
+def test_turns_of_an_enrolled_person_come_out_of_a_cluster_named_after_another(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """A cluster that holds two enrolled readers, named after one: the other's turns leave it (and only
+    theirs); a cluster of one reader keeps every turn."""
+    from benchmarks.diarization_eval import enrolment, utterances
+    from utils.audio import load_audio
+    from utils.diarization import _Source, claim_enrolled_turns, name_speakers, speaker_embedding
+    from utils.embedder import Embedder
+    from utils.speaker_db import SpeakerDB
+
+    embedder = Embedder(ROOT / "models" / "voiceprint_resnet34.pt", device="cpu")
+    db = SpeakerDB(tmp_path / "db", embedder)
+    pieces, runs, cursor = [], [], 0.0
+    turns = {}
+    for s in ("84", "1919"):
+        order = utterances(shared_data, s)
+        chosen = enrolment(order)
+        db.register(s, chosen)
+        turns[s] = [p for p in order if p not in chosen and p.stat().st_size > 40_000][:3]
+    for a, b in zip(turns["84"], turns["1919"]):
+        for path, s in ((a, "84"), (b, "1919")):
+            wav = load_audio(path)
+            pieces += [wav, np.zeros(SAMPLE_RATE // 2, dtype=np.float32)]
+            runs.append((cursor, cursor + len(wav) / SAMPLE_RATE, s))
+            cursor += len(wav) / SAMPLE_RATE + 0.5
+    source = _Source(np.concatenate(pieces))
+    identified = lambda seconds: db.identification_threshold(seconds)  # noqa: E731
+    mixed = [(a, b, 0) for a, b, _ in runs]
+    voices = {0: speaker_embedding(source, mixed, 0, embedder)}
+    names = {0: ("84", True, 0.9)}  # as if the cluster had been named after 84
+    out, voices = claim_enrolled_turns(source, mixed, embedder, voices, names, db, identified)
+    assert [label for *_, label in out] == [0 if s == "84" else 1 for *_, s in runs], out
+    assert {n for n, enrolled, _ in name_speakers(voices, db).values() if enrolled} == {"84", "1919"}
+    alone = [(a, b, 0) for a, b, s in runs if s == "84"]
+    kept, _ = claim_enrolled_turns(source, alone, embedder, {0: speaker_embedding(source, alone, 0, embedder)},
+                                   names, db, identified)  # fmt: skip
+    assert kept == alone

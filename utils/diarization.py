@@ -22,7 +22,9 @@ Steps, all on the model and speech detector the rest of the toolkit uses:
    enrolled are merged the same way at the 1:1 operating point;
 6. names: those embeddings are recognised against the library at its 1:N threshold (calibrated by
    length where the library is), one voice per enrolled name (the most alike); the others are
-   unknown-1, unknown-2, ... in order of appearance.
+   unknown-1, unknown-2, ... in order of appearance. Count unknown: turns of a named cluster that are
+   more like an enrolled person no cluster is named after become that person's, when their speech as a
+   whole is recognised as them (claim_enrolled_turns: two enrolled people in one cluster).
 """
 
 from __future__ import annotations
@@ -469,6 +471,52 @@ def reassign_turns(
     return moved, voices
 
 
+def claim_enrolled_turns(
+    source: _Source,
+    runs: list[tuple[float, float, int]],
+    embedder: Any,
+    voices: dict[int, tuple],
+    names: dict[int, tuple[str, bool, float | None]],
+    db: Any,
+    threshold: Any,
+) -> tuple[list[tuple[float, float, int]], dict[int, tuple]]:
+    """Two enrolled people whose windows the clustering could not tell apart share a cluster, named after
+    one of them. Each turn of at least TURN_SECONDS in a named cluster is scored against the voiceprints of
+    the enrolled people no cluster is named after; the turns more like one of them than like the cluster's
+    own name, at `threshold`(seconds), become a cluster of their own, kept only when their speech as a whole
+    is recognised as that person."""
+    claimed = {name for name, enrolled, _ in names.values() if enrolled}
+    free = [name for name in db.names() if name not in claimed]
+    if not free or not claimed:
+        return runs, voices
+    prints = np.stack([db.voiceprint(name) for name in free])
+    claims: dict[str, set[int]] = {}
+    for i, (start, end, label) in enumerate(runs):
+        name, enrolled, _ = names[label]
+        if not enrolled or end - start < TURN_SECONDS:
+            continue
+        try:
+            emb = embedder.embed_array(source.piece(start, end - start), SAMPLE_RATE, "turn")
+        except AudioError:
+            continue
+        scores = prints @ emb
+        best = int(np.argmax(scores))
+        if scores[best] > float(db.voiceprint(name) @ emb) and scores[best] >= threshold(end - start):
+            claims.setdefault(free[best], set()).add(i)
+    voices = dict(voices)
+    for name, turns in claims.items():
+        label = max(voices) + 1
+        trial = [(start, end, label if i in turns else k) for i, (start, end, k) in enumerate(runs)]
+        voice = speaker_embedding(source, trial, label, embedder)
+        if voice[0] is None or db.recognize_embedding(voice[0], voice[1]).name != name:
+            continue
+        left = {runs[i][2] for i in turns}
+        runs, voices[label] = trial, voice
+        for k in left:
+            voices[k] = speaker_embedding(source, runs, k, embedder)
+    return runs, voices
+
+
 def name_speakers(voices: dict[int, tuple], db: Any | None) -> dict[int, tuple[str, bool, float | None]]:
     """{cluster: (name, enrolled, score)}: recognised against the library, else unknown-1, unknown-2, ...
     The clusters are different voices by now (merge_same_voice), so an enrolled name claimed by two of them
@@ -539,6 +587,10 @@ def diarize(
         # recorded in two sessions); enrolled names already tell the others apart
         same_person = _threshold_by_length("verification", embedder, db)
         runs, voices = merge_same_voice(audio, runs, embedder, same_person, voices, unknown, db)
+        names = name_speakers(voices, db)
+    if num_speakers is None and db is not None and len(db):
+        identified = _threshold_by_length("identification", embedder, db)
+        runs, voices = claim_enrolled_turns(audio, runs, embedder, voices, names, db, identified)
         names = name_speakers(voices, db)
     segments = _merge_adjacent([Segment(a, b, *names[k]) for a, b, k in runs])
     speakers: dict[str, dict[str, Any]] = {}
