@@ -19,7 +19,7 @@ Steps, all on the model and speech detector the rest of the toolkit uses:
    clusters that are one person are merged (count unknown): at the 1:N operating point, within
    SAME_VOICE_MARGIN of how alike each cluster's own two halves are, and never two enrolled people;
    each turn of 2 s or more, embedded on its own, moves to the voice it is most like; clusters nobody
-   enrolled are merged the same way at the 1:1 operating point;
+   enrolled that are one person at the 1:1 operating point are merged too (no half-vs-half check);
 6. names: those embeddings are recognised against the library at its 1:N threshold (calibrated by
    length where the library is), one voice per enrolled name (the most alike); the others are
    unknown-1, unknown-2, ... in order of appearance. Count unknown: turns of a named cluster that are
@@ -401,16 +401,18 @@ def merge_same_voice(
     voices: dict[int, tuple] | None = None,
     only: set[int] | None = None,
     db: Any | None = None,
+    self_check: bool = True,
 ) -> tuple[list[tuple[float, float, int]], dict[int, tuple]]:
     """Clusters whose long-speech embeddings are one person are merged, most alike first: windows of 1.5 s
     split a voice that 30 s of it does not. One person means all of: at least `threshold`(seconds); within
     SAME_VOICE_MARGIN of how alike each cluster's own two halves are (30 s of two different people can
     pass a threshold set on short utterances: measured 0.62-0.68 between LibriSpeech readers, against
-    0.9+ for one reader); and not two different people enrolled in `db`. `only`: merge among these."""
+    0.9+ for one reader; `self_check`); and not two different people enrolled in `db`. `only`: merge
+    among these."""
     if voices is None:
         voices = {k: speaker_embedding(source, runs, k, embedder) for k in sorted({r[2] for r in runs})}
     voices = dict(voices)
-    consistency = {k: voice_consistency(source, runs, k, embedder) for k in voices}
+    consistency = {k: voice_consistency(source, runs, k, embedder) if self_check else None for k in voices}
     names = {k: _enrolled_name(voices[k], db) for k in voices}
 
     def one_person(a: int, b: int, score: float) -> bool:
@@ -435,7 +437,7 @@ def merge_same_voice(
         runs = [(start, end, a if k == b else k) for start, end, k in runs]
         del voices[b], consistency[b], names[b]
         voices[a] = speaker_embedding(source, runs, a, embedder)
-        consistency[a] = voice_consistency(source, runs, a, embedder)
+        consistency[a] = voice_consistency(source, runs, a, embedder) if self_check else None
         names[a] = _enrolled_name(voices[a], db)
 
 
@@ -584,9 +586,10 @@ def diarize(
     unknown = {k for k, (_, enrolled, _) in names.items() if not enrolled}
     if num_speakers is None and len(unknown) > 1:
         # two voices nobody enrolled that the 1:1 verifier calls one person are one person (a speaker
-        # recorded in two sessions); enrolled names already tell the others apart
+        # recorded in two sessions, whose halves can differ more than two readers do: no self-check here,
+        # where no name is at stake); enrolled names already tell the others apart
         same_person = _threshold_by_length("verification", embedder, db)
-        runs, voices = merge_same_voice(audio, runs, embedder, same_person, voices, unknown, db)
+        runs, voices = merge_same_voice(audio, runs, embedder, same_person, voices, unknown, self_check=False)
         names = name_speakers(voices, db)
     if num_speakers is None and db is not None and len(db):
         identified = _threshold_by_length("identification", embedder, db)
