@@ -516,7 +516,8 @@ def claim_enrolled_turns(
         runs, voices[label] = trial, voice
         for k in left:
             voices[k] = speaker_embedding(source, runs, k, embedder)
-    return runs, voices
+    in_use = {k for *_, k in runs}  # a cluster whose every turn moved is gone
+    return runs, {k: v for k, v in voices.items() if k in in_use}
 
 
 def name_speakers(voices: dict[int, tuple], db: Any | None) -> dict[int, tuple[str, bool, float | None]]:
