@@ -1,8 +1,8 @@
 """Who spoke when, measured: conversations built from real LibriSpeech speech, scored with pyannote.metrics.
 
 Each conversation takes 2-4 speakers of a set (N with --speakers N), whole utterances as turns (no
-speaker twice in a row), pauses of 0.2-1.0 s, about --minutes long; the "overlap" variant starts each turn 0.3-1.0 s before the
-previous one ends (both voices mixed). Two of the speakers are enrolled in a library from 3 utterances
+speaker twice in a row), pauses of 0.2-1.0 s, about --minutes long; the "overlap" variant starts each
+turn 0.3-1.0 s before the previous one ends (both voices mixed). Two of the speakers are enrolled in a library from 3 utterances
 that are not in the conversation; the others are strangers. Reference RTTMs come from the construction.
 
 Figures per set and variant: DER (pyannote.metrics, collar 0.25 s as in NIST evaluations, and 0 s),
@@ -119,7 +119,12 @@ def enrolment(order: list[Path], count: int = 3, seconds: float = ENROL_SECONDS)
     under 1 s of speech, which the library rightly refuses)."""
     from utils.audio import audio_info
 
-    return [p for p in order if (lambda info: info[0] / info[1])(audio_info(p)) >= seconds][-count:]
+    long_enough = []
+    for path in order:
+        frames, rate = audio_info(path)
+        if frames >= seconds * rate:
+            long_enough.append(path)
+    return long_enough[-count:]
 
 
 def build_conversation(pool: dict, speakers: list[str], minutes: float, overlap: bool, rng) -> tuple:

@@ -363,7 +363,10 @@ def _naming_speech(source: _Source, runs: list[tuple[float, float, int]], label:
 
 def speaker_embedding(source: _Source, runs: list[tuple[float, float, int]], label: int, embedder: Any) -> tuple:
     """(embedding, net speech seconds) of a cluster's longest turns, up to NAMING_SECONDS; (None, 0) if no speech."""
-    wav = _naming_speech(source, runs, label)
+    return _embed_speech(_naming_speech(source, runs, label), label, embedder)
+
+
+def _embed_speech(wav: np.ndarray, label: int, embedder: Any) -> tuple:
     try:
         emb, report = embedder.embed_array_report(wav, SAMPLE_RATE, f"speaker {label + 1}")
     except AudioError:
@@ -371,10 +374,9 @@ def speaker_embedding(source: _Source, runs: list[tuple[float, float, int]], lab
     return emb, (report.speech_seconds if report is not None else len(wav) / SAMPLE_RATE)
 
 
-def voice_consistency(source: _Source, runs: list[tuple[float, float, int]], label: int, embedder: Any) -> float | None:
-    """Cosine between the two halves of a cluster's naming speech: what one person scores against
-    themself at this length, in this recording (None when a half is under CONSISTENCY_SECONDS)."""
-    wav = _naming_speech(source, runs, label)
+def voice_consistency(wav: np.ndarray, label: int, embedder: Any) -> float | None:
+    """Cosine between the two halves of a cluster's naming speech (_naming_speech): what one person scores
+    against themself at this length, in this recording (None when a half is under CONSISTENCY_SECONDS)."""
     half = len(wav) // 2
     if half < CONSISTENCY_SECONDS * SAMPLE_RATE:
         return None
@@ -385,11 +387,14 @@ def voice_consistency(source: _Source, runs: list[tuple[float, float, int]], lab
     return float(first @ second)
 
 
-def _enrolled_name(voice: tuple, db: Any | None) -> str | None:
+def _recognise(voice: tuple, db: Any | None) -> Any | None:
+    """The library's Recognition of a (embedding, seconds) voice; None without a library or an embedding."""
     emb, seconds = voice
-    if db is None or not len(db) or emb is None:
-        return None
-    result = db.recognize_embedding(emb, seconds)
+    return db.recognize_embedding(emb, seconds) if db is not None and len(db) and emb is not None else None
+
+
+def _enrolled_name(voice: tuple, db: Any | None) -> str | None:
+    result = _recognise(voice, db)
     return None if result is None else result.name
 
 
@@ -409,10 +414,18 @@ def merge_same_voice(
     pass a threshold set on short utterances: measured 0.62-0.68 between LibriSpeech readers, against
     0.9+ for one reader; `self_check`); and not two different people enrolled in `db`. `only`: merge
     among these."""
-    if voices is None:
-        voices = {k: speaker_embedding(source, runs, k, embedder) for k in sorted({r[2] for r in runs})}
-    voices = dict(voices)
-    consistency = {k: voice_consistency(source, runs, k, embedder) if self_check else None for k in voices}
+
+    def measure(k: int, voice: tuple | None = None) -> tuple[tuple, float | None]:
+        """A cluster's voice and half-vs-half cosine, from one read of its speech."""
+        wav = _naming_speech(source, runs, k) if voice is None or self_check else None
+        if voice is None:
+            voice = _embed_speech(wav, k, embedder)
+        return voice, (voice_consistency(wav, k, embedder) if self_check else None)
+
+    labels = sorted({r[2] for r in runs}) if voices is None else list(voices)
+    measured = {k: measure(k, None if voices is None else voices[k]) for k in labels}
+    voices = {k: voice for k, (voice, _) in measured.items()}
+    consistency = {k: c for k, (_, c) in measured.items()}
     names = {k: _enrolled_name(voices[k], db) for k in voices}
 
     def one_person(a: int, b: int, score: float) -> bool:
@@ -436,13 +449,29 @@ def merge_same_voice(
         _, a, b = best
         runs = [(start, end, a if k == b else k) for start, end, k in runs]
         del voices[b], consistency[b], names[b]
-        voices[a] = speaker_embedding(source, runs, a, embedder)
-        consistency[a] = voice_consistency(source, runs, a, embedder) if self_check else None
+        voices[a], consistency[a] = measure(a)
         names[a] = _enrolled_name(voices[a], db)
 
 
+def turn_embedding(source: _Source, start: float, end: float, embedder: Any, cache: dict | None = None) -> Any:
+    """One turn embedded on its own (None if it holds no usable speech); `cache` keeps it for a later step."""
+    if cache is not None and (start, end) in cache:
+        return cache[start, end]
+    try:
+        emb = embedder.embed_array(source.piece(start, end - start), SAMPLE_RATE, "turn")
+    except AudioError:
+        emb = None
+    if cache is not None:
+        cache[start, end] = emb
+    return emb
+
+
 def reassign_turns(
-    source: _Source, runs: list[tuple[float, float, int]], embedder: Any, voices: dict[int, tuple]
+    source: _Source,
+    runs: list[tuple[float, float, int]],
+    embedder: Any,
+    voices: dict[int, tuple],
+    cache: dict | None = None,
 ) -> tuple[list[tuple[float, float, int]], dict[int, tuple]]:
     """Each turn of at least TURN_SECONDS is embedded on its own and goes to the speaker whose voice it is
     most like: a whole turn says more than the 1.5 s windows that labelled it (a stranger's opening turn
@@ -455,9 +484,8 @@ def reassign_turns(
     moved, changed = [], set()
     for start, end, label in runs:
         if end - start >= TURN_SECONDS and label in known:
-            try:
-                emb = embedder.embed_array(source.piece(start, end - start), SAMPLE_RATE, "turn")
-            except AudioError:
+            emb = turn_embedding(source, start, end, embedder, cache)
+            if emb is None:
                 moved.append((start, end, label))
                 continue
             best = labels[int(np.argmax(centres @ emb))]
@@ -481,6 +509,7 @@ def claim_enrolled_turns(
     names: dict[int, tuple[str, bool, float | None]],
     db: Any,
     threshold: Any,
+    cache: dict | None = None,
 ) -> tuple[list[tuple[float, float, int]], dict[int, tuple]]:
     """Two enrolled people whose windows the clustering could not tell apart share a cluster, named after
     one of them. Each turn of at least TURN_SECONDS in a named cluster is scored against the voiceprints of
@@ -497,9 +526,8 @@ def claim_enrolled_turns(
         name, enrolled, _ = names[label]
         if not enrolled or end - start < TURN_SECONDS:
             continue
-        try:
-            emb = embedder.embed_array(source.piece(start, end - start), SAMPLE_RATE, "turn")
-        except AudioError:
+        emb = turn_embedding(source, start, end, embedder, cache)
+        if emb is None:
             continue
         scores = prints @ emb
         best = int(np.argmax(scores))
@@ -524,10 +552,7 @@ def name_speakers(voices: dict[int, tuple], db: Any | None) -> dict[int, tuple[s
     """{cluster: (name, enrolled, score)}: recognised against the library, else unknown-1, unknown-2, ...
     The clusters are different voices by now (merge_same_voice), so an enrolled name claimed by two of them
     goes to the one most like the voiceprint; the other is a stranger who sounds like that person."""
-    found: dict[int, Any] = {}
-    for k in sorted(voices):
-        emb, seconds = voices[k]
-        found[k] = db.recognize_embedding(emb, seconds) if db is not None and len(db) and emb is not None else None
+    found = {k: _recognise(voices[k], db) for k in sorted(voices)}
     best: dict[str, int] = {}
     for k, result in found.items():
         if result is not None and result.name is not None:
@@ -582,7 +607,8 @@ def diarize(
         )
     else:
         voices = {k: speaker_embedding(audio, runs, k, embedder) for k in sorted({r[2] for r in runs})}
-    runs, voices = reassign_turns(audio, runs, embedder, voices)
+    turns: dict = {}  # turn embeddings: the turn check and the enrolled claim score the same turns
+    runs, voices = reassign_turns(audio, runs, embedder, voices, turns)
     names = name_speakers(voices, db)
     unknown = {k for k, (_, enrolled, _) in names.items() if not enrolled}
     if num_speakers is None and len(unknown) > 1:
@@ -594,7 +620,7 @@ def diarize(
         names = name_speakers(voices, db)
     if num_speakers is None and db is not None and len(db):
         identified = _threshold_by_length("identification", embedder, db)
-        runs, voices = claim_enrolled_turns(audio, runs, embedder, voices, names, db, identified)
+        runs, voices = claim_enrolled_turns(audio, runs, embedder, voices, names, db, identified, turns)
         names = name_speakers(voices, db)
     segments = _merge_adjacent([Segment(a, b, *names[k]) for a, b, k in runs])
     speakers: dict[str, dict[str, Any]] = {}
