@@ -40,7 +40,12 @@ SETS = {
     # dev-clean speakers the bundled model trained on: optimistic embeddings, but 7 voices to find the
     # pipeline's failure modes (4-speaker counts, a stranger near an enrolled voice) that 3 cannot show
     "seen": ("84", "174", "422", "1673", "1919", "2078", "2412"),
+    # the Free Spoken Digit Dataset's 6 speakers (../shared/data/fsdd, 8 kHz): voices the model never trained
+    # on, to choose with besides the 3 validation speakers; a turn reads 6-12 digits in a row
+    "digits": ("george", "jackson", "lucas", "nicolas", "theo", "yweweler"),
 }
+DIGIT_GROUPS = (6, 10, 8, 12, 7, 9)  # digits per turn, in turn
+DIGIT_GAP = 0.15  # seconds between two digits of one turn
 
 
 ENROL_SECONDS = 3.0
@@ -110,29 +115,50 @@ def write_example(folder: Path, args: argparse.Namespace, embedder) -> None:
 # conversations
 
 
-def utterances(data: Path, speaker: str) -> list[Path]:
-    return sorted((data / "librispeech" / "dev-clean" / speaker).rglob("*.mp3"))
+def utterances(data: Path, speaker: str) -> list:
+    """A speaker's turns: LibriSpeech utterance paths, or for an FSDD speaker tuples of digit clips
+    (0, 1, ..., 9, 0, ... of one take after another, cut into DIGIT_GROUPS)."""
+    if speaker not in SETS["digits"]:
+        return sorted((data / "librispeech" / "dev-clean" / speaker).rglob("*.mp3"))
+    clips = sorted((data / "fsdd").glob(f"*_{speaker}_*.wav"), key=lambda p: (int(p.stem.split("_")[2]), p.name))
+    groups, start = [], 0
+    while start < len(clips):
+        size = DIGIT_GROUPS[len(groups) % len(DIGIT_GROUPS)]
+        groups.append(tuple(clips[start : start + size]))
+        start += size
+    return groups
 
 
-def enrolment(order: list[Path], count: int = 3, seconds: float = ENROL_SECONDS) -> list[Path]:
-    """The last `count` utterances of a shuffled list that are at least `seconds` long (a 2 s clip may hold
+def turn_audio(item):
+    """16 kHz waveform of one turn: an utterance, or a tuple of digit clips, each trimmed, DIGIT_GAP apart."""
+    import librosa
+    import numpy as np
+
+    from utils.audio import load_audio
+
+    if not isinstance(item, tuple):
+        return load_audio(item)
+    gap = np.zeros(int(DIGIT_GAP * 16000), dtype=np.float32)
+    pieces = [librosa.effects.trim(load_audio(p), top_db=35)[0] for p in item]
+    return np.concatenate([x for piece in pieces for x in (piece, gap)][:-1])
+
+
+def enrolment(order: list, count: int = 3, seconds: float = ENROL_SECONDS) -> list:
+    """The last `count` turns of a shuffled list that are at least `seconds` long (a 2 s clip may hold
     under 1 s of speech, which the library rightly refuses)."""
     from utils.audio import audio_info
 
-    long_enough = []
-    for path in order:
-        frames, rate = audio_info(path)
-        if frames >= seconds * rate:
-            long_enough.append(path)
-    return long_enough[-count:]
+    def duration(item) -> float:
+        parts = item if isinstance(item, tuple) else (item,)
+        return sum(frames / rate for frames, rate in map(audio_info, parts))
+
+    return [item for item in order if duration(item) >= seconds][-count:]
 
 
 def build_conversation(pool: dict, speakers: list[str], minutes: float, overlap: bool, rng) -> tuple:
     """(16 kHz waveform, reference turns [(start, end, speaker)], utterances used per speaker)."""
     import librosa
     import numpy as np
-
-    from utils.audio import load_audio
 
     turns, pieces, used = [], [], {s: 0 for s in speakers}
     cursor, previous = 0.0, None
@@ -143,7 +169,7 @@ def build_conversation(pool: dict, speakers: list[str], minutes: float, overlap:
             break
         speaker = choices[int(rng.integers(len(choices)))]
         # a turn starts and ends with speech (energy trim of the ends only, not our speech detector)
-        wav = librosa.effects.trim(load_audio(pool[speaker][used[speaker]]), top_db=35)[0]
+        wav = librosa.effects.trim(turn_audio(pool[speaker][used[speaker]]), top_db=35)[0]
         used[speaker] += 1
         wav = wav / (np.max(np.abs(wav)) + 1e-9) * 0.5  # speakers at one level, as in one room
         if previous is None:
@@ -270,7 +296,8 @@ def evaluate(set_name: str, variant: str, prune, penalty, args, embedder) -> dic
             db = SpeakerDB(Path(tmp) / "db", embedder)
             for s in sorted(enrolled):
                 chosen = enrolment(pool[s])
-                db.register(s, chosen)  # enrolment utterances are never in the conversation
+                db.register(s, [turn_audio(c) if isinstance(c, tuple) else c for c in chosen])  # enrolment
+                # utterances are never in the conversation
                 pool[s] = [p for p in pool[s] if p not in chosen]
             wav, turns, _ = build_conversation(pool, speakers, args.minutes, variant == "overlap", rng)
             began = time.perf_counter()

@@ -273,3 +273,42 @@ def test_turns_of_an_enrolled_person_come_out_of_a_cluster_named_after_another(
     kept, _ = claim_enrolled_turns(source, alone, embedder, {0: speaker_embedding(source, alone, 0, embedder)},
                                    names, db, identified)  # fmt: skip
     assert kept == alone
+
+
+def test_one_enrolled_reader_split_by_chapter_is_joined_and_a_stranger_is_not(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """Two clusters the library recognises as one enrolled person: reader 84's two chapters (another room,
+    0.97 and 0.89 against the voiceprint) are one person; an FSDD stranger who passes the 1:N threshold
+    against an enrolled FSDD voice (0.70, where the voice itself scores 0.97) is not, and stays unknown."""
+    from benchmarks.diarization_eval import enrolment, turn_audio, utterances
+    from utils.diarization import _Source, join_name_claimants, name_speakers, speaker_embedding
+    from utils.embedder import Embedder
+    from utils.speaker_db import SpeakerDB
+
+    embedder = Embedder(ROOT / "models" / "voiceprint_resnet34.pt", device="cpu")
+    db = SpeakerDB(tmp_path / "db", embedder)
+    db.register("84", enrolment(utterances(shared_data, "84")))
+    db.register("yweweler", [turn_audio(g) for g in enrolment(utterances(shared_data, "yweweler"))])
+    chapters = {}
+    for path in utterances(shared_data, "84"):
+        chapters.setdefault(path.parent.name, []).append(path)
+    clusters = [*(files[:5] for files in chapters.values()), utterances(shared_data, "yweweler")[10:20],
+                utterances(shared_data, "nicolas")[10:20]]  # fmt: skip
+    pieces, runs, cursor = [], [], 0.0
+    for label, items in enumerate(clusters):
+        for item in items:
+            wav = turn_audio(item)
+            pieces += [wav, np.zeros(SAMPLE_RATE // 2, dtype=np.float32)]
+            runs.append((cursor, cursor + len(wav) / SAMPLE_RATE, label))
+            cursor += len(wav) / SAMPLE_RATE + 0.5
+    source = _Source(np.concatenate(pieces))
+    voices = {k: speaker_embedding(source, runs, k, embedder) for k in range(4)}
+    before = name_speakers(voices, db)
+    assert sorted(name for name, enrolled, _ in before.values() if enrolled) == ["84", "yweweler"], before
+    assert db.recognize_embedding(*voices[3]).name == "yweweler"  # the stranger passes the 1:N threshold
+    out, voices = join_name_claimants(source, runs, embedder, voices, db)
+    joined = {k: {label for (*_, label), (*_, was) in zip(out, runs) if was == k} for k in range(4)}
+    assert joined[0] == joined[1] and len(joined[0]) == 1 and joined[2] == {2} and joined[3] == {3}, joined
+    names = {k: name for k, (name, _, _) in name_speakers(voices, db).items()}
+    assert names == {min(joined[0]): "84", 2: "yweweler", 3: "unknown-1"}, names

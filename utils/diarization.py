@@ -21,7 +21,9 @@ Steps, all on the model and speech detector the rest of the toolkit uses:
    each turn of 2 s or more, embedded on its own, moves to the voice it is most like; clusters nobody
    enrolled that are one person at the 1:1 operating point are merged too (no half-vs-half check);
 6. names: those embeddings are recognised against the library at its 1:N threshold (calibrated by
-   length where the library is), one voice per enrolled name (the most alike); the others are
+   length where the library is); two voices recognised as one enrolled person, the weaker within
+   SAME_VOICE_MARGIN of the stronger's score, are that person recorded in two rooms and become one
+   (count unknown: join_name_claimants); otherwise one voice per enrolled name (the most alike); the others are
    unknown-1, unknown-2, ... in order of appearance. Count unknown: turns of a named cluster that are
    more like an enrolled person no cluster is named after become that person's, when their speech as a
    whole is recognised as them (claim_enrolled_turns: two enrolled people in one cluster).
@@ -548,16 +550,48 @@ def claim_enrolled_turns(
     return runs, {k: v for k, v in voices.items() if k in in_use}
 
 
-def name_speakers(voices: dict[int, tuple], db: Any | None) -> dict[int, tuple[str, bool, float | None]]:
-    """{cluster: (name, enrolled, score)}: recognised against the library, else unknown-1, unknown-2, ...
-    The clusters are different voices by now (merge_same_voice), so an enrolled name claimed by two of them
-    goes to the one most like the voiceprint; the other is a stranger who sounds like that person."""
-    found = {k: _recognise(voices[k], db) for k in sorted(voices)}
+def _best_claimants(found: dict[int, Any]) -> dict[str, int]:
+    """{enrolled name: the cluster recognised as them with the highest score} from {cluster: Recognition}."""
     best: dict[str, int] = {}
     for k, result in found.items():
         if result is not None and result.name is not None:
             if result.name not in best or result.score > found[best[result.name]].score:
                 best[result.name] = k
+    return best
+
+
+def join_name_claimants(
+    source: _Source, runs: list[tuple[float, float, int]], embedder: Any, voices: dict[int, tuple], db: Any | None
+) -> tuple[list[tuple[float, float, int]], dict[int, tuple]]:
+    """Two clusters the library recognises as one enrolled person, the weaker within SAME_VOICE_MARGIN of
+    the stronger's score against the voiceprint, are that person: one speaker in two rooms or on two
+    microphones, too far apart for merge_same_voice's half-vs-half check but both close to the voiceprint
+    enrolled elsewhere. The weaker joins the stronger. A stranger who merely passes the 1:N threshold
+    scores well below the person themself (0.70 against 0.97 measured for FSDD voices) and stays apart:
+    name_speakers leaves them unknown."""
+    found = {k: _recognise(voices[k], db) for k in sorted(voices)}
+    best = _best_claimants(found)
+    joins = {
+        k: best[result.name]
+        for k, result in found.items()
+        if result is not None and result.name is not None and best[result.name] != k
+        and result.score >= found[best[result.name]].score - SAME_VOICE_MARGIN
+    }  # fmt: skip
+    if not joins:
+        return runs, voices
+    runs = [(a, b, joins.get(k, k)) for a, b, k in runs]
+    voices = {k: v for k, v in voices.items() if k not in joins}
+    for k in set(joins.values()):
+        voices[k] = speaker_embedding(source, runs, k, embedder)
+    return runs, voices
+
+
+def name_speakers(voices: dict[int, tuple], db: Any | None) -> dict[int, tuple[str, bool, float | None]]:
+    """{cluster: (name, enrolled, score)}: recognised against the library, else unknown-1, unknown-2, ...
+    The clusters are different voices by now (merge_same_voice), so an enrolled name claimed by two of them
+    goes to the one most like the voiceprint; the other is a stranger who sounds like that person."""
+    found = {k: _recognise(voices[k], db) for k in sorted(voices)}
+    best = _best_claimants(found)
     names: dict[int, tuple[str, bool, float | None]] = {}
     unknown = 0
     for k, result in found.items():
@@ -609,6 +643,8 @@ def diarize(
         voices = {k: speaker_embedding(audio, runs, k, embedder) for k in sorted({r[2] for r in runs})}
     turns: dict = {}  # turn embeddings: the turn check and the enrolled claim score the same turns
     runs, voices = reassign_turns(audio, runs, embedder, voices, turns)
+    if num_speakers is None:
+        runs, voices = join_name_claimants(audio, runs, embedder, voices, db)
     names = name_speakers(voices, db)
     unknown = {k for k, (_, enrolled, _) in names.items() if not enrolled}
     if num_speakers is None and len(unknown) > 1:
