@@ -11,10 +11,12 @@ given an enrolled name, how often the speaker count was right, and the real-time
 clean variant also live mode (utils/live.py, the library calibrated): the seconds from each change of
 speaker until the live label is the new speaker's name (or "unknown" for a stranger).
 
-Sets (../shared/data/librispeech/dev-clean):
+Sets (../shared/data/librispeech/dev-clean, and FSDD):
   valid  251 652 1462 (held out of training by train.py): to choose --threshold, never to report
   dev    777 1272 1988 2035 2803: REPORT ONLY, measured once
   seen   84 174 422 1673 1919 2078 2412 (training speakers of the bundled model): failure modes, not figures
+  digits the 6 FSDD speakers (../shared/data/fsdd, 8 kHz, never trained on; a turn reads 6-12 digits):
+         unseen voices to choose with besides valid
 
     python benchmarks/diarization_eval.py --sets valid --prunes 0.1 0.2 0.3   # choose
     python benchmarks/diarization_eval.py --sets dev --json_path runs/diarization.json --rttm_dir runs/rttm
