@@ -297,9 +297,8 @@ def evaluate(set_name: str, variant: str, prune, penalty, args, embedder) -> dic
         with tempfile.TemporaryDirectory(prefix="diarization-") as tmp:
             db = SpeakerDB(Path(tmp) / "db", embedder)
             for s in sorted(enrolled):
-                chosen = enrolment(pool[s])
-                db.register(s, [turn_audio(c) if isinstance(c, tuple) else c for c in chosen])  # enrolment
-                # utterances are never in the conversation
+                chosen = enrolment(pool[s])  # enrolment utterances are never in the conversation
+                db.register(s, [turn_audio(c) if isinstance(c, tuple) else c for c in chosen])
                 pool[s] = [p for p in pool[s] if p not in chosen]
             wav, turns, _ = build_conversation(pool, speakers, args.minutes, variant == "overlap", rng)
             began = time.perf_counter()

@@ -21,10 +21,10 @@ Steps, all on the model and speech detector the rest of the toolkit uses:
    each turn of 2 s or more, embedded on its own, moves to the voice it is most like; clusters nobody
    enrolled that are one person at the 1:1 operating point are merged too (no half-vs-half check);
 6. names: those embeddings are recognised against the library at its 1:N threshold (calibrated by
-   length where the library is); two voices recognised as one enrolled person, the weaker within
-   SAME_VOICE_MARGIN of the stronger's score, are that person recorded in two rooms and become one
-   (count unknown: join_name_claimants); otherwise one voice per enrolled name (the most alike); the others are
-   unknown-1, unknown-2, ... in order of appearance. Count unknown: turns of a named cluster that are
+   length where the library is); count unknown, two voices recognised as one enrolled person, the
+   weaker within SAME_VOICE_MARGIN of the stronger's score, are that person recorded in two rooms and
+   become one (join_name_claimants); otherwise one voice per enrolled name (the most alike); the
+   others are unknown-1, unknown-2, ... in order of appearance. Count unknown: turns of a named cluster that are
    more like an enrolled person no cluster is named after become that person's, when their speech as a
    whole is recognised as them (claim_enrolled_turns: two enrolled people in one cluster).
 """
