@@ -2,8 +2,9 @@
 
 Each conversation takes 2-4 speakers of a set (N with --speakers N), whole utterances as turns (no
 speaker twice in a row), pauses of 0.2-1.0 s, about --minutes long; the "overlap" variant starts each
-turn 0.3-1.0 s before the previous one ends (both voices mixed). Two of the speakers are enrolled in a library from 3 utterances
-that are not in the conversation; the others are strangers. Reference RTTMs come from the construction.
+turn 0.3-1.0 s before the previous one ends (both voices mixed). Two of the speakers are enrolled in a
+library from 3 utterances that are not in the conversation; the others are strangers. Reference RTTMs
+come from the construction.
 
 Figures per set and variant: DER (pyannote.metrics, collar 0.25 s as in NIST evaluations, and 0 s),
 JER, the share of each enrolled speaker's time that carries their name, the share of strangers' time

@@ -235,6 +235,18 @@ def test_readers_who_sound_alike_stay_apart_and_a_name_goes_to_one_voice(
     assert share["2412"].get("1919", 0) + share["2412"].get("84", 0) < 0.1, share
 
 
+def recording(turns: list) -> tuple:
+    """(a _Source, its runs) of [(label, 16 kHz waveform)] played one after another, 0.5 s apart."""
+    from utils.diarization import _Source
+
+    pieces, runs, cursor = [], [], 0.0
+    for label, wav in turns:
+        pieces += [wav, np.zeros(SAMPLE_RATE // 2, dtype=np.float32)]
+        runs.append((cursor, cursor + len(wav) / SAMPLE_RATE, label))
+        cursor += len(wav) / SAMPLE_RATE + 0.5
+    return _Source(np.concatenate(pieces)), runs
+
+
 def test_turns_of_an_enrolled_person_come_out_of_a_cluster_named_after_another(
     shared_data: Path, tmp_path: Path
 ) -> None:
@@ -242,26 +254,20 @@ def test_turns_of_an_enrolled_person_come_out_of_a_cluster_named_after_another(
     theirs); a cluster of one reader keeps every turn."""
     from benchmarks.diarization_eval import enrolment, utterances
     from utils.audio import load_audio
-    from utils.diarization import _Source, claim_enrolled_turns, name_speakers, speaker_embedding
+    from utils.diarization import claim_enrolled_turns, name_speakers, speaker_embedding
     from utils.embedder import Embedder
     from utils.speaker_db import SpeakerDB
 
     embedder = Embedder(ROOT / "models" / "voiceprint_resnet34.pt", device="cpu")
     db = SpeakerDB(tmp_path / "db", embedder)
-    pieces, runs, cursor = [], [], 0.0
     turns = {}
     for s in ("84", "1919"):
         order = utterances(shared_data, s)
         chosen = enrolment(order)
         db.register(s, chosen)
         turns[s] = [p for p in order if p not in chosen and p.stat().st_size > 40_000][:3]
-    for a, b in zip(turns["84"], turns["1919"]):
-        for path, s in ((a, "84"), (b, "1919")):
-            wav = load_audio(path)
-            pieces += [wav, np.zeros(SAMPLE_RATE // 2, dtype=np.float32)]
-            runs.append((cursor, cursor + len(wav) / SAMPLE_RATE, s))
-            cursor += len(wav) / SAMPLE_RATE + 0.5
-    source = _Source(np.concatenate(pieces))
+    source, runs = recording([(s, load_audio(path)) for a, b in zip(turns["84"], turns["1919"])
+                              for path, s in ((a, "84"), (b, "1919"))])  # fmt: skip
     identified = lambda seconds: db.identification_threshold(seconds)  # noqa: E731
     mixed = [(a, b, 0) for a, b, _ in runs]
     voices = {0: speaker_embedding(source, mixed, 0, embedder)}
@@ -282,7 +288,7 @@ def test_one_enrolled_reader_split_by_chapter_is_joined_and_a_stranger_is_not(
     0.97 and 0.89 against the voiceprint) are one person; an FSDD stranger who passes the 1:N threshold
     against an enrolled FSDD voice (0.70, where the voice itself scores 0.97) is not, and stays unknown."""
     from benchmarks.diarization_eval import enrolment, turn_audio, utterances
-    from utils.diarization import _Source, join_name_claimants, name_speakers, speaker_embedding
+    from utils.diarization import join_name_claimants, name_speakers, speaker_embedding
     from utils.embedder import Embedder
     from utils.speaker_db import SpeakerDB
 
@@ -295,14 +301,7 @@ def test_one_enrolled_reader_split_by_chapter_is_joined_and_a_stranger_is_not(
         chapters.setdefault(path.parent.name, []).append(path)
     clusters = [*(files[:5] for files in chapters.values()), utterances(shared_data, "yweweler")[10:20],
                 utterances(shared_data, "nicolas")[10:20]]  # fmt: skip
-    pieces, runs, cursor = [], [], 0.0
-    for label, items in enumerate(clusters):
-        for item in items:
-            wav = turn_audio(item)
-            pieces += [wav, np.zeros(SAMPLE_RATE // 2, dtype=np.float32)]
-            runs.append((cursor, cursor + len(wav) / SAMPLE_RATE, label))
-            cursor += len(wav) / SAMPLE_RATE + 0.5
-    source = _Source(np.concatenate(pieces))
+    source, runs = recording([(label, turn_audio(item)) for label, items in enumerate(clusters) for item in items])
     voices = {k: speaker_embedding(source, runs, k, embedder) for k in range(4)}
     before = name_speakers(voices, db)
     assert sorted(name for name, enrolled, _ in before.values() if enrolled) == ["84", "yweweler"], before

@@ -24,9 +24,10 @@ Steps, all on the model and speech detector the rest of the toolkit uses:
    length where the library is); count unknown, two voices recognised as one enrolled person, the
    weaker within SAME_VOICE_MARGIN of the stronger's score, are that person recorded in two rooms and
    become one (join_name_claimants); otherwise one voice per enrolled name (the most alike); the
-   others are unknown-1, unknown-2, ... in order of appearance. Count unknown: turns of a named cluster that are
-   more like an enrolled person no cluster is named after become that person's, when their speech as a
-   whole is recognised as them (claim_enrolled_turns: two enrolled people in one cluster).
+   others are unknown-1, unknown-2, ... in order of appearance. Count unknown: turns of a named
+   cluster that are more like an enrolled person no cluster is named after become that person's, when
+   their speech as a whole is recognised as them (claim_enrolled_turns: two enrolled people in one
+   cluster).
 """
 
 from __future__ import annotations
@@ -523,6 +524,7 @@ def claim_enrolled_turns(
     if not free or not claimed:
         return runs, voices
     prints = np.stack([db.voiceprint(name) for name in free])
+    own = {name: db.voiceprint(name) for name in claimed}
     claims: dict[str, set[int]] = {}
     for i, (start, end, label) in enumerate(runs):
         name, enrolled, _ = names[label]
@@ -533,14 +535,14 @@ def claim_enrolled_turns(
             continue
         scores = prints @ emb
         best = int(np.argmax(scores))
-        if scores[best] > float(db.voiceprint(name) @ emb) and scores[best] >= threshold(end - start):
+        if scores[best] > float(own[name] @ emb) and scores[best] >= threshold(end - start):
             claims.setdefault(free[best], set()).add(i)
     voices = dict(voices)
     for name, turns in claims.items():
         label = max(voices) + 1
         trial = [(start, end, label if i in turns else k) for i, (start, end, k) in enumerate(runs)]
         voice = speaker_embedding(source, trial, label, embedder)
-        if voice[0] is None or db.recognize_embedding(voice[0], voice[1]).name != name:
+        if _enrolled_name(voice, db) != name:
             continue
         left = {runs[i][2] for i in turns}
         runs, voices[label] = trial, voice
