@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import re
 import sys
@@ -52,7 +53,7 @@ from utils.audio import (
     load_audio,
     resample,
 )
-from utils.config import HelpFormatter, fail, print_arguments, save_arguments
+from utils.config import HelpFormatter, check_output_dir, fail, print_arguments, save_arguments
 from utils.errors import UserError, run_cli
 
 FORMATS = ("zhvoice", "folder", "flat")
@@ -556,8 +557,8 @@ def validate(args: argparse.Namespace) -> tuple[list[str], re.Pattern[str] | Non
         raise DataError("--speaker_regex is only used with --dataset_format flat")
     if args.trust_duration and "zhvoice" not in formats:
         raise DataError("--trust_duration only applies to --dataset_format zhvoice")
-    if args.min_duration < 0:
-        raise DataError("--min_duration must not be negative")
+    if not math.isfinite(args.min_duration) or args.min_duration < 0:  # nan would pass every duration check
+        raise DataError(f"--min_duration must be a non-negative number of seconds, got {args.min_duration}")
     if args.num_workers < 0:
         raise DataError("--num_workers must not be negative")
     if args.test_mode != "speakers" and (args.test_speakers is not None or args.test_speaker_ids):
@@ -729,6 +730,7 @@ def split_rows(args: argparse.Namespace, rows: list, requested_test: set[str]) -
 
 def create_lists(args: argparse.Namespace) -> None:
     formats, regex = validate(args)
+    check_output_dir(args.list_dir, "--list_dir")  # before checking every file of the corpus
     items, skips, ignored, excluded, requested_test = find_items(args, formats, regex)
     rows, conversions, problems = check_items(args, formats, items, skips)
     print_check_summary(args, rows, skips, conversions, problems, excluded, ignored)

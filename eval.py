@@ -389,6 +389,8 @@ def main(argv: list[str] | None = None) -> None:
     check_output_file(args.json_path, "--json_path")
     check_output_dir(args.plot_dir, "--plot_dir")
     check_output_file(args.fit_calibration, "--fit_calibration")
+    if args.fit_calibration and Path(args.fit_calibration).resolve() == Path(args.model_path).resolve():
+        fail("--fit_calibration writes a copy of the model: give another file than --model_path")
     try:
         run(args)
     except UserError as exc:  # bad audio, list or model: one line

@@ -12,10 +12,9 @@ when score >= threshold; the default threshold is the EER threshold stored in th
 from __future__ import annotations
 
 import argparse
-import math
 import warnings
 
-from utils.config import HelpFormatter, check_output_file, describe_model, fail, print_arguments
+from utils.config import HelpFormatter, check_output_file, check_threshold, describe_model, fail, print_arguments
 from utils.errors import run_cli
 
 
@@ -73,8 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     from utils.audio import AudioError, audio_info
 
     check_output_file(args.json_path, "--json_path")
-    if args.threshold is not None and not math.isfinite(args.threshold):
-        fail(f"--threshold must be a finite number, got {args.threshold}")
+    check_threshold(args.threshold)
     try:
         audio_info(args.audio_path1)
         audio_info(args.audio_path2)

@@ -32,14 +32,13 @@ of those, each with "path", when several files are given; a file that fails give
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-from utils.config import HelpFormatter, check_output_file, describe_model, fail, print_arguments
+from utils.config import HelpFormatter, check_output_file, check_threshold, describe_model, fail, print_arguments
 from utils.errors import run_cli
 
 COUNTDOWN_STEP = 0.7  # seconds per step of the 3-2-1 countdown before recording
@@ -104,7 +103,7 @@ def _is_user_error(exc: BaseException) -> bool:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from utils.speaker_db import MIN_REGISTER_SECONDS, SpeakerDB, validate_name
+    from utils.speaker_db import MIN_REGISTER_SECONDS, SpeakerDB, check_new_name, validate_name
 
     modes = [
         m
@@ -118,11 +117,10 @@ def _run(args: argparse.Namespace) -> int:
         fail("--audio_path goes with --register NAME")
     if not args.record_seconds > 0:
         fail(f"--record_seconds must be positive, got {args.record_seconds}")
-    if args.threshold is not None and not math.isfinite(args.threshold):
-        fail(f"--threshold must be a finite number, got {args.threshold}")
+    check_threshold(args.threshold)
     # cheap checks first, so bad input never waits for the model to load
     if mode == "register":
-        validate_name(args.register)
+        check_new_name(args.register)
         if not args.audio_path:
             fail("--register NAME needs --audio_path FILE [FILE ...]")
         _check_files(args.audio_path, min_seconds=MIN_REGISTER_SECONDS)

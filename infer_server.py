@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import hmac
 import logging
-import math
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -50,7 +50,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from utils.audio import MIN_SPEECH_SECONDS, SAMPLE_RATE, AudioError, AudioTooLongError, Recording, prepare_recording
-from utils.config import HelpFormatter, fail, print_arguments
+from utils.config import HelpFormatter, check_threshold, fail, print_arguments
 from utils.errors import UserError, run_cli
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -510,10 +510,10 @@ def register(
         SpeakerExistsError,
         UnknownSpeakerError,
         VoiceMismatchError,
-        validate_name,
+        check_new_name,
     )
 
-    name = validate_name(name)
+    name = check_new_name(name)
     if len(files) > MAX_REGISTER_FILES:
         raise HTTPException(400, f"at most {MAX_REGISTER_FILES} files per registration, got {len(files)}")
     # all decoded and checked first (named by file), so one bad file registers nothing
@@ -615,11 +615,20 @@ async def live(websocket: WebSocket) -> None:
     recognizer = LiveRecognizer(svc.db)
     try:
         while True:
-            data = await websocket.receive_bytes()
-            if len(data) > LIVE_MESSAGE_BYTES or len(data) % 2:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("bytes")
+            if data is None:  # a text message (receive_bytes() raised KeyError on one)
+                await websocket.close(code=1003, reason="send audio as binary messages of 16-bit PCM, not text")
+                return
+            if len(data) > LIVE_MESSAGE_BYTES:
                 await websocket.close(
                     code=1009, reason=f"send 16-bit PCM in pieces of at most {LIVE_MESSAGE_BYTES} bytes"
                 )
+                return
+            if len(data) % 2:
+                await websocket.close(code=1003, reason="16-bit PCM has an even number of bytes")
                 return
             if recognizer.received / SAMPLE_RATE > LIVE_MAX_SECONDS:
                 await websocket.close(code=1008, reason=f"a live session lasts at most {LIVE_MAX_SECONDS:g} s")
@@ -771,6 +780,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_listen_address(host: str, port: int) -> None:
+    """Fail in one line, before the model loads, when the address cannot be listened on (a port in use made
+    uvicorn log an error among its start-up lines and exit 3)."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        fail(f"--host {host}: {exc.strerror}")
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            hint = ": another server is running there (choose one with --port)" if exc.errno == errno.EADDRINUSE else ""
+            fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.verbose:
@@ -781,12 +808,12 @@ def main(argv: list[str] | None = None) -> None:
         fail("--max_upload_mb and --max_seconds must be positive")
     if not (0 < args.request_timeout < 1e6):
         fail(f"--request_timeout must be a positive number of seconds, got {args.request_timeout}")
-    if args.threshold is not None and not math.isfinite(args.threshold):
-        fail(f"--threshold must be a finite number, got {args.threshold}")
+    check_threshold(args.threshold)
     if args.host not in LOOPBACK_HOSTS and not args.api_key:
         fail(f"--host {args.host} listens beyond this machine: set --api_key KEY (or VOICEPRINT_API_KEY)")
     if args.api_key is not None and len(args.api_key) < 16:
         fail("--api_key must be at least 16 characters (e.g. python -c 'import secrets; print(secrets.token_hex(16))')")
+    check_listen_address(args.host, args.port)
 
     import torch
     import uvicorn

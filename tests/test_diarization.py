@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -89,9 +90,21 @@ def test_rttm_is_one_speaker_line_per_segment() -> None:
                          duration=5.0, speech_seconds=2.75, windows=4)  # fmt: skip
     lines = result.to_rttm("my meeting").splitlines()
     assert lines == [
-        "SPEAKER my_meeting 1 0.500 1.750 <NA> <NA> Ann_Lee <NA> <NA>",
-        "SPEAKER my_meeting 1 3.000 1.000 <NA> <NA> unknown-1 <NA> <NA>",
+        "SPEAKER my%20meeting 1 0.500 1.750 <NA> <NA> Ann%20Lee <NA> <NA>",
+        "SPEAKER my%20meeting 1 3.000 1.000 <NA> <NA> unknown-1 <NA> <NA>",
     ]
+
+
+def test_rttm_keeps_names_that_differ_only_in_spacing_apart() -> None:
+    # an underscore for the space once made "Mary Ann" and "Mary_Ann" (two enrolled people) one speaker
+    names = ["Mary Ann", "Mary_Ann", "Mary%20Ann", "李\u3000达康", "a\tb"]
+    result = Diarization([Segment(k, k + 0.5, name, True, 0.9) for k, name in enumerate(names)],
+                         duration=6.0, speech_seconds=2.5, windows=5)  # fmt: skip
+    fields = [line.split() for line in result.to_rttm("m").splitlines()]
+    assert all(len(f) == 10 for f in fields)
+    tokens = [f[7] for f in fields]
+    assert len(set(tokens)) == len(names)
+    assert [unquote(t) for t in tokens] == names  # percent-decoding gives each name back
 
 
 # the whole script on real speech
@@ -195,6 +208,26 @@ def test_known_count_and_bad_input(conversation: dict, tmp_path: Path) -> None:
         outcome = run(*args)
         assert outcome.returncode == 1 and "Traceback" not in outcome.stderr, outcome.stderr[-2000:]
         assert expected in outcome.stderr.strip().splitlines()[-1], (args, outcome.stderr)
+
+
+def test_a_library_person_named_like_a_stranger_label_keeps_that_label_to_themself(
+    conversation: dict, tmp_path: Path
+) -> None:
+    # new names like "unknown-1" are refused (utils.speaker_db.check_new_name); a library made before that
+    # may hold one, and the stranger's turns once took that label (and "enrolled": true) with it
+    import shutil
+
+    folder = conversation["folder"]
+    # ann and bob only: the test above may have enrolled the stranger in the shared library
+    shutil.copytree(folder / "db", tmp_path / "db", ignore=lambda d, names: [n for n in names if n not in ("ann", "bob")]
+                    if Path(d) == folder / "db" else [])  # fmt: skip
+    (tmp_path / "db" / "bob").rename(tmp_path / "db" / "unknown-1")
+    result = run("--audio_path", str(folder / "talk.mp3"), "--audio_db", str(tmp_path / "db"), "--json_path",
+                 str(tmp_path / "d.json"))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    speakers = json.loads((tmp_path / "d.json").read_text())["speakers"]
+    assert set(speakers) == {"ann", "unknown-1", "unknown-2"}, speakers
+    assert speakers["unknown-1"]["enrolled"] and not speakers["unknown-2"]["enrolled"]
 
 
 @pytest.mark.parametrize("seed", [1, 2])  # conversations the previous merge rule got wrong (4 of seeds 0-5)

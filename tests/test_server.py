@@ -371,7 +371,7 @@ def test_slow_clients_are_cut_off_and_big_registrations_refused(server, client) 
 
 
 def test_live_websocket_follows_the_speaker_and_refuses_other_origins(server, enrolled, speech) -> None:
-    from websockets.exceptions import InvalidStatus
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
     from websockets.sync.client import connect
 
     from utils.audio import load_audio
@@ -397,6 +397,15 @@ def test_live_websocket_follows_the_speaker_and_refuses_other_origins(server, en
         with connect(url, origin=server.url) as socket:
             socket.send(b"\0" * 70000)
             socket.recv(timeout=30)
+    # a text message, or half a sample, ends the session with a reason (a text message once raised KeyError
+    # inside the server: a traceback in its log, and no close code for the client)
+    for bad, reason in (("hello", "binary messages"), (b"\0\0\0", "even number of bytes")):
+        with connect(url, origin=server.url) as socket:
+            socket.send(bad)
+            with pytest.raises(ConnectionClosed) as closed:
+                socket.recv(timeout=30)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1003, closed.value
+        assert reason in closed.value.rcvd.reason
 
 
 def test_library_is_shared_with_infer_recognition(server, enrolled) -> None:

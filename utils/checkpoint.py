@@ -48,6 +48,9 @@ def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     try:
         if path.stat().st_size == 0:
             raise CheckpointError(f"model file is empty (0 bytes): {path}")
+        if not _is_zip(path) and not _is_pickle(path):
+            # torch's own words for a WAV given as the model were "101" or "pop from empty list"
+            raise CheckpointError(f"cannot load model file {path}: not a PyTorch weights file, or it is damaged")
         _check_zip_crc(path)
         with warnings.catch_warnings():  # "Detected pickle protocol 4 ..." is noise for the user: we refuse anyway
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
@@ -66,6 +69,12 @@ def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
         elif "Weights only load failed" in str(exc):
             reason = "not a PyTorch weights file, or it is damaged"
         raise CheckpointError(f"cannot load model file {path}: {reason}") from None
+
+
+def _is_zip(path: Path) -> bool:
+    """torch.save writes a zip archive (since torch 1.6)."""
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
 
 
 def _is_pickle(path: Path) -> bool:

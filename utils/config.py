@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -98,8 +99,16 @@ def resolve_device(name: str) -> Any:
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    if name == "cpu":
+        return torch.device("cpu")
+    if not re.fullmatch(r"cuda(:[0-9]+)?", name):
+        # torch.device would take "meta" or "mps" here and fail later with a traceback
+        raise OptionError(f"--device {name!r} is not one of auto, cpu, cuda, cuda:N")
+    if not torch.cuda.is_available():
         raise OptionError("--device cuda was requested but no CUDA GPU is available (use --device cpu or auto)")
+    index = int(name.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise OptionError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     return torch.device(name)
 
 
@@ -119,6 +128,7 @@ def check_output_file(path: str | os.PathLike | None, flag: str) -> None:
     parent = next((p for p in target.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         fail(f"{flag} {path}: {parent} is a file, not a folder")
+    _check_writable(parent, flag, path)
 
 
 def check_output_dir(path: str | os.PathLike | None, flag: str) -> None:
@@ -129,6 +139,28 @@ def check_output_dir(path: str | os.PathLike | None, flag: str) -> None:
     blocker = next((p for p in (target, *target.parents) if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
         fail(f"{flag} {path}: {blocker} is a file, not a folder")
+    _check_writable(blocker, flag, path)
+
+
+def _check_writable(folder: Path | None, flag: str, path: str | os.PathLike) -> None:
+    """Fail when nothing can be created in `folder` (read-only, no permission, /proc): found by creating and
+    removing a hidden file, as os.access says yes to root and knows nothing of read-only mounts. Checked
+    before any work, so a command that changes the library never changes it and then fails on its output."""
+    import tempfile
+
+    if folder is None:
+        return
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".voiceprint-probe-"):
+            pass
+    except OSError as error:
+        fail(f"{flag} {path}: cannot write in {folder} ({error.strerror or error})")
+
+
+def check_threshold(value: float | None, flag: str = "--threshold") -> None:
+    """Fail in one line unless a cosine threshold is a number in [-1, 1] (5 would answer "no" to every pair)."""
+    if value is not None and not (math.isfinite(value) and -1.0 <= value <= 1.0):
+        fail(f"{flag} must be a finite cosine similarity, between -1 and 1: got {value}")
 
 
 def check_positive(args: argparse.Namespace, names: tuple[str, ...], allow_zero: tuple[str, ...] = ()) -> None:

@@ -89,13 +89,20 @@ class Diarization:
         }
 
     def to_rttm(self, file_id: str) -> str:
-        """NIST RTTM: one SPEAKER line per segment (names without whitespace, as the format needs)."""
-        file_id = "_".join(file_id.split()) or "audio"
+        """NIST RTTM: one SPEAKER line per segment. Fields are split on whitespace, so whitespace and "%" in
+        names are percent-encoded as in URLs ("Mary Ann" -> "Mary%20Ann"): two speakers "Mary Ann" and
+        "Mary_Ann" stay two (an underscore for the space made them one)."""
+        file_id = rttm_token(file_id) or "audio"
         lines = [
-            f"SPEAKER {file_id} 1 {s.start:.3f} {s.end - s.start:.3f} <NA> <NA> {'_'.join(s.speaker.split())} <NA> <NA>"
+            f"SPEAKER {file_id} 1 {s.start:.3f} {s.end - s.start:.3f} <NA> <NA> {rttm_token(s.speaker)} <NA> <NA>"
             for s in self.segments
         ]
         return "\n".join(lines) + ("\n" if lines else "")
+
+
+def rttm_token(text: str) -> str:
+    """`text` as one RTTM field: whitespace and "%" percent-encoded (UTF-8 bytes), everything else as is."""
+    return "".join("".join(f"%{b:02X}" for b in ch.encode()) if ch.isspace() or ch == "%" else ch for ch in text)
 
 
 # 1. speech regions
@@ -595,12 +602,17 @@ def name_speakers(voices: dict[int, tuple], db: Any | None) -> dict[int, tuple[s
     found = {k: _recognise(voices[k], db) for k in sorted(voices)}
     best = _best_claimants(found)
     names: dict[int, tuple[str, bool, float | None]] = {}
+    # a library made before "unknown-N" was reserved (utils.speaker_db.check_new_name) may hold one: skip it,
+    # or a stranger's turns would carry an enrolled person's label
+    taken = set(db.names()) if db is not None else set()
     unknown = 0
     for k, result in found.items():
         if result is not None and result.name is not None and best[result.name] == k:
             names[k] = (result.name, True, float(result.score))
         else:
             unknown += 1
+            while f"unknown-{unknown}" in taken:
+                unknown += 1
             names[k] = (f"unknown-{unknown}", False, None if result is None else float(result.score))
     return names
 

@@ -48,6 +48,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import threading
 import unicodedata
 import uuid
@@ -96,6 +97,7 @@ CACHE_VERSION = 1
 MAX_NAME_CHARS = 64
 MAX_NAME_BYTES = 200  # below NAME_MAX (255) even with a ".wav" suffix
 INVISIBLE_CATEGORIES = ("Cf", "Co", "Cn", "Zl", "Zp")
+RESERVED_NAME = re.compile(r"unknown(-[0-9]+)?|no speech", re.IGNORECASE)  # labels of the not enrolled
 MIN_REGISTER_SECONDS = 1.0  # an enrolment shorter than this gives a poor voiceprint
 
 
@@ -128,8 +130,21 @@ class LibraryWarning(UserWarning):
 
 def validate_name(name: str) -> str:
     """The stripped, NFC-normalised name, or SpeakerDBError when it could not safely be a folder name inside
-    the library. NFC: "Zoë" typed as e + combining diaeresis (macOS, some browsers) is the same speaker."""
-    return unicodedata.normalize("NFC", _checked_name(name))
+    the library. NFC: "Zoë" typed as e + combining diaeresis (macOS, some browsers) is the same speaker.
+    Normalised before the length checks: NFC can lengthen a name (U+0958 becomes two code points)."""
+    if isinstance(name, str):
+        name = unicodedata.normalize("NFC", name)
+    return _checked_name(name)
+
+
+def check_new_name(name: str) -> str:
+    """validate_name, and not a label the toolkit gives people who are not enrolled ("unknown", "unknown-2",
+    "no speech"): an enrolled "unknown-1" would be told apart from diarization's first stranger by nothing
+    but a flag, and in RTTM or live mode not at all."""
+    name = validate_name(name)
+    if RESERVED_NAME.fullmatch(name):
+        raise SpeakerDBError(f"speaker name {name!r} is reserved for people who are not enrolled: choose another")
+    return name
 
 
 def _checked_name(name: str) -> str:
@@ -627,7 +642,7 @@ class SpeakerDB:
         """
         if self.embedder is None:
             raise SpeakerDBError("this library was opened without a model: it cannot register")
-        name = validate_name(name)
+        name = check_new_name(name)
         if isinstance(recordings, (str, os.PathLike, np.ndarray, Recording)):
             recordings = [recordings]
         recordings = list(recordings)
