@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -26,3 +27,10 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # started in the background (`cmd &` in a script), pytest inherits SIGINT ignored: Python then installs
+    # no Ctrl-C handler, and the scripts the tests start inherit the ignoring; the Ctrl-C tests need both
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
