@@ -179,6 +179,14 @@ def test_prepare_audio_from_upload_bytes(shared_data: Path) -> None:
         prepare_audio(_wav_bytes(np.zeros(16000, np.float32)), name="quiet.wav")
     with pytest.raises(AudioTooLongError, match=r"at most 2 s per recording"):
         prepare_audio(_wav_bytes(wav[:48000]), name="long.wav", max_seconds=2)
+    # a FLAC whose header leaves the length open (written to a pipe): libsndfile reports 2**63 - 1 frames and
+    # cannot read it; the server once answered "576460752303423.5 s long" (413) for 2 s of it
+    stream = bytearray(_wav_bytes(wav[:32000], fmt="FLAC"))
+    stream[18:26] = (int.from_bytes(stream[18:26], "big") & ~((1 << 36) - 1)).to_bytes(8, "big")
+    for limit in (None, 60):
+        with pytest.raises(AudioError, match=r"^cannot decode audio file s.flac: its header gives no length") as no:
+            prepare_audio(bytes(stream), name="s.flac", max_seconds=limit)
+        assert not isinstance(no.value, AudioTooLongError)
 
 
 def _wav_bytes(wav: np.ndarray, rate: int = 16000, fmt: str = "WAV", subtype: str = "PCM_16") -> bytes:

@@ -59,6 +59,10 @@ def quiet_c_stderr() -> Iterator[None]:
         os.close(devnull)
 
 
+# libsndfile's length (2**63 - 1) for a file whose header leaves it open: a FLAC written to a pipe
+UNKNOWN_FRAMES = 2**62
+
+
 def audio_info(path: str | os.PathLike) -> tuple[int, int]:
     """Return (num_frames, sample_rate) without decoding the file."""
     path = Path(path)
@@ -67,7 +71,16 @@ def audio_info(path: str | os.PathLike) -> tuple[int, int]:
         info = sf.info(str(path))
     except Exception as exc:  # soundfile raises several types for bad files
         raise AudioError(f"cannot decode audio file {path}: {_short(exc)}") from None
-    return int(info.frames), int(info.samplerate)
+    frames = int(info.frames)
+    if frames >= UNKNOWN_FRAMES:
+        raise AudioError(_no_length(path))
+    return frames, int(info.samplerate)
+
+
+def _no_length(name: str | os.PathLike) -> str:
+    """libsndfile reads no FLAC whose header leaves the length open ("Internal psf_fseek() failed"), and
+    soundfile would size one array by the 2**63 - 1 frames it reports (all memory, then the OOM killer)."""
+    return f"cannot decode audio file {name}: its header gives no length (re-encode it, e.g. as WAV)"
 
 
 def load_audio(
@@ -97,6 +110,8 @@ def load_audio(
             # (fd 2 is the process's: another thread's real error must not vanish)
             quiet = start and threading.current_thread() is threading.main_thread()
             with quiet_c_stderr() if quiet else contextlib.nullcontext():
+                if f.frames >= UNKNOWN_FRAMES:
+                    raise AudioError(_no_length(path))
                 if start:
                     f.seek(min(start, max(f.frames - 1, 0)) if f.frames > 0 else 0)
                 data = f.read(frames=frames, dtype="float32", always_2d=True)
@@ -190,6 +205,8 @@ def decode_audio_bytes(data: bytes, name: str = "audio", max_seconds: float | No
                 # a header claiming e.g. 1 Hz would be "resampled" into gigabytes
                 raise AudioError(f"audio file {name} has an implausible sample rate of {rate} Hz")
             limit = None if max_seconds is None else int(max_seconds * rate)
+            if f.frames >= UNKNOWN_FRAMES:  # the server said "576460752303423.5 s long" to a 2 s file
+                raise AudioError(_no_length(name))
             if limit is not None and f.frames > limit:
                 raise AudioTooLongError(_too_long(name, f.frames / rate, max_seconds))
             # one frame past the limit tells a too-long file apart when the header's length is wrong

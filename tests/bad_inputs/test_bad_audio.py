@@ -243,6 +243,17 @@ def make_truncated_data(d: Path, s: np.ndarray) -> Path:
     return d / "truncated_data.wav"
 
 
+def make_flac_no_length(d: Path, s: np.ndarray) -> Path:
+    # a FLAC written to a pipe leaves STREAMINFO's total-samples field 0 ("unknown"): libsndfile cannot read
+    # it and reports 2**63 - 1 frames, which once took all memory (the OOM killer) in the scripts
+    data = bytearray(write(d / "stream.flac", s, fmt="FLAC").read_bytes())
+    assert data[:4] == b"fLaC"
+    field = int.from_bytes(data[18:26], "big") & ~((1 << 36) - 1)  # the low 36 bits of bytes 18-25: total samples
+    data[18:26] = field.to_bytes(8, "big")
+    (d / "stream.flac").write_bytes(bytes(data))
+    return d / "stream.flac"
+
+
 @dataclass(frozen=True)
 class AudioRow:
     id: str
@@ -285,6 +296,7 @@ AUDIO_ROWS = [
     AudioRow("Chinese file name", make_chinese, None, "kept"),
     AudioRow("spaces and brackets in the name", make_spaces, None, "kept"),
     AudioRow("data chunk shorter than its header says", make_truncated_data, None, "kept"),
+    AudioRow("FLAC with no length in its header", make_flac_no_length, "its header gives no length", "undecodable"),
 ]
 AUDIO_IDS = [row.id for row in AUDIO_ROWS]
 
