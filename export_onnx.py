@@ -20,6 +20,7 @@ below --tolerance. The output is written atomically.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -81,7 +82,14 @@ def main(argv: list[str] | None = None) -> None:
         args.output = str(Path(args.model_path).with_suffix(".onnx"))
     if args.verbose:
         print_arguments(args)
+    if str(args.model_path).lower().endswith(".onnx"):
+        fail(f"--model_path {args.model_path} is an ONNX model already: give the .pt it was exported from")
     check_output_file(args.output, "--output")
+    if not str(args.output).lower().endswith(".onnx"):
+        # the scripts pick ONNX Runtime by the suffix: an ONNX model named .pt loads nowhere
+        fail(f"--output {args.output} must end in .onnx")
+    if not (math.isfinite(args.tolerance) and args.tolerance > 0):
+        fail(f"--tolerance is a cosine distance above 0, got {args.tolerance}")
     if Path(args.output).resolve() == Path(args.model_path).resolve():
         fail(f"--output {args.output} would overwrite the model being exported")
     files, source = ([Path(f) for f in args.verify_files], "the given files") if args.verify_files else (None, "")

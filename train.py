@@ -54,6 +54,7 @@ from utils.config import (
     HelpFormatter,
     check_output_dir,
     check_positive,
+    check_ranges,
     fail,
     parse_with_config,
     print_arguments,
@@ -462,9 +463,24 @@ ZERO_ALLOWED = (
 )  # fmt: skip
 
 
+RANGES = {  # values that once reached the code (a traceback, or memory for a 1e9 s crop)
+    "batch_size": (2, 1_000_000),  # batch normalisation needs two examples in training
+    "crop_seconds": (0.1, 60.0),
+    "dropout": (0.0, 0.99),
+    "margin": (0.0, 1.0),
+    "reverse_prob": (0.0, 1.0),
+    "noise_prob": (0.0, 1.0),
+    "reverb_prob": (0.0, 1.0),
+    "gain_db": (0.0, 40.0),
+    "lr_gamma": (1e-6, 1.0),
+    "seed": (0, 2**32 - 1),  # numpy's seed range
+}
+
+
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     args = parse_with_config(build_parser(), argv)
     check_positive(args, POSITIVE_OPTIONS, allow_zero=ZERO_ALLOWED)
+    check_ranges(args, RANGES)
     check_output_dir(args.save_model, "--save_model")
     if args.resume and args.overwrite:
         fail("--resume continues the run in --save_model, --overwrite replaces it: pass one of them")
@@ -783,6 +799,12 @@ def resume_state(trainer: Trainer) -> Progress:
     """Load the newest checkpoint of --save_model into the trainer (model, head, optimiser, schedule, RNG)."""
     args, save_dir, module = trainer.args, trainer.save_dir, trainer.module
     state = newest_checkpoint(save_dir)
+    if state is None and checkpoint_paths(save_dir):
+        # a run whose every checkpoint is damaged: starting afresh would write over its log and model
+        fail(
+            f"--resume: no checkpoint in {save_dir} can be read (see the warnings above); nothing was changed: "
+            "pass --overwrite to start a new run there, or choose another --save_model"
+        )
     if state is None:
         if trainer.proc.is_main:
             print(f"--resume: no checkpoint in {save_dir}, starting from scratch")

@@ -114,6 +114,18 @@ def test_cli_reports_bad_model_without_traceback(tmp_path: Path, capsys: pytest.
     err = capsys.readouterr().err
     assert err.startswith("error: model file not found") and "Traceback" not in err
     assert not (tmp_path / "missing.onnx").exists()
+    # an ONNX model named .pt loaded nowhere; a NaN tolerance failed every check, confusingly
+    model = str(ROOT / "models" / "voiceprint_resnet34.pt")
+    for argv, expected in (
+        (["--model_path", model, "--output", str(tmp_path / "m.pt")], "must end in .onnx"),
+        (["--model_path", model, "--output", str(tmp_path / "m.onnx"), "--tolerance", "nan"], "--tolerance is"),
+        (["--model_path", str(tmp_path / "m.onnx")], "is an ONNX model already"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exc.value.code == 1 and err.startswith("error: ") and expected in err, err
+    assert not list(tmp_path.iterdir())
 
 
 def test_ctrl_c_during_the_export_waits_for_the_export_to_end(monkeypatch: pytest.MonkeyPatch) -> None:

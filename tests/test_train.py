@@ -190,6 +190,17 @@ def test_bad_inputs_fail_in_one_line(tmp_path: Path):
     config.write_text("batch_sise: 3\n")
     result = run(["train.py", "--config", str(config)])
     assert result.returncode == 2 and "unknown key(s)" in result.stderr
+    for option, value in (("--dropout", "1.5"), ("--batch_size", "1"), ("--seed", "-1"), ("--crop_seconds", "1e9"),
+                          ("--margin", "nan")):  # fmt: skip
+        result = run(["train.py", option, value, "--save_model", str(tmp_path / "never")])
+        assert result.returncode == 1 and result.stderr.startswith(f"error: {option} must be from "), result.stderr
+    # YAML values are checked as the command line checks them (they once reached the code: tracebacks)
+    for text, expected in (("model: resnet99", "model in"), ("batch_size: 4.9", "invalid value 4.9"),
+                           ("head: null", "head in"), ("overwrite: 3", "must be true or false")):  # fmt: skip
+        config.write_text(text + "\n")
+        result = run(["train.py", "--config", str(config), "--save_model", str(tmp_path / "never")])
+        last = result.stderr.strip().splitlines()[-1]
+        assert result.returncode == 2 and "Traceback" not in result.stderr and expected in last, result.stderr
 
 
 def test_pretrained_model_initialises_the_backbone(lists: Path, tmp_path: Path):
@@ -242,6 +253,23 @@ def test_resumed_epoch_has_one_log_row_with_the_whole_epoch(lists: Path, tmp_pat
     assert [r["epoch"] for r in b] == ["0"]  # the partial row of the stopped run was replaced
     assert float(b[0]["loss"]) == pytest.approx(float(a[0]["loss"]), rel=1e-3)
     assert float(b[0]["accuracy"]) == pytest.approx(float(a[0]["accuracy"]), abs=1e-6)
+
+
+def test_resume_with_only_damaged_checkpoints_changes_nothing(lists: Path, tmp_path: Path) -> None:
+    # it once warned, started from scratch and wrote over the run's log and model
+    common = ["train.py", "--train_list_path", str(lists / "train_list.txt"), "--valid_speakers", "0",
+              "--epoch_size", "24", "--save_model", str(tmp_path / "run"), *TINY]  # fmt: skip
+    first = run([*common, "--max_steps", "2"])
+    assert first.returncode == 0, first.stderr[-2000:]
+    checkpoints = sorted((tmp_path / "run").rglob("checkpoint.pt"))
+    assert checkpoints
+    for path in checkpoints:
+        path.write_bytes(path.read_bytes()[:1000])
+    kept = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    resumed = run([*common, "--max_steps", "4", "--resume"])
+    assert resumed.returncode == 1 and "Traceback" not in resumed.stderr, resumed.stderr[-2000:]
+    assert resumed.stderr.strip().splitlines()[-1].startswith("error: --resume: no checkpoint in")
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == kept
 
 
 def test_validation_reserve_ignores_the_first_calls_one_time_cost() -> None:

@@ -77,8 +77,38 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = 
         unknown = sorted(set(loaded) - known)
         if unknown:
             parser.error(f"unknown key(s) in {config_path}: {', '.join(unknown)}")
-        parser.set_defaults(**loaded)
+        actions = {action.dest: action for action in parser._actions}
+        parser.set_defaults(
+            **{key: _config_value(parser, actions[key], value, config_path) for key, value in loaded.items()}
+        )
     return parser.parse_args(argv)
+
+
+def _config_value(parser: argparse.ArgumentParser, action: argparse.Action, value: Any, path: str) -> Any:
+    """A YAML value checked as the command line checks it: argparse applies `type` only to string defaults
+    and never checks `choices` on defaults, so `model: resnet99` or `batch_size: 4.9` reached the code (a
+    traceback) where `--model resnet99` is a one-line error."""
+    where = f"{action.dest} in {path}"
+    if action.nargs == 0:  # a flag (store_true)
+        if not isinstance(value, bool):
+            parser.error(f"{where} must be true or false, got {value!r}")
+        return value
+    many = action.nargs in ("+", "*") or isinstance(action.nargs, int)
+    if value is None and action.default is None and not many:
+        return None  # "not set", as the built-in default
+    items = value if many and isinstance(value, list) else [value]
+    checked = []
+    for item in items:
+        if item is None or isinstance(item, (list, dict)):
+            parser.error(f"{where} must be {'a list of values' if many else 'one value'}, got {value!r}")
+        try:
+            result = action.type(str(item)) if callable(action.type) else str(item)
+        except (argparse.ArgumentTypeError, TypeError, ValueError) as exc:
+            parser.error(f"{where}: invalid value {item!r} ({exc})")
+        if action.choices is not None and result not in action.choices:
+            parser.error(f"{where} must be one of {', '.join(map(str, action.choices))}, got {item!r}")
+        checked.append(result)
+    return checked if many else checked[0]
 
 
 def str2bool(value: str | bool) -> bool:
@@ -161,6 +191,15 @@ def check_threshold(value: float | None, flag: str = "--threshold") -> None:
     """Fail in one line unless a cosine threshold is a number in [-1, 1] (5 would answer "no" to every pair)."""
     if value is not None and not (math.isfinite(value) and -1.0 <= value <= 1.0):
         fail(f"{flag} must be a finite cosine similarity, between -1 and 1: got {value}")
+
+
+def check_ranges(args: argparse.Namespace, ranges: dict[str, tuple[float, float]]) -> None:
+    """Fail in one line unless each named option lies in its [lowest, highest] (NaN never does)."""
+    for name, (lowest, highest) in ranges.items():
+        value = getattr(args, name)
+        if value is not None and not lowest <= value <= highest:
+            low, high = (f"{x:g}" if isinstance(x, float) else str(x) for x in (lowest, highest))
+            fail(f"--{name} must be from {low} to {high}, got {value}")
 
 
 def check_positive(args: argparse.Namespace, names: tuple[str, ...], allow_zero: tuple[str, ...] = ()) -> None:
