@@ -103,7 +103,7 @@ def _is_user_error(exc: BaseException) -> bool:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from utils.speaker_db import MIN_REGISTER_SECONDS, SpeakerDB, check_new_name, validate_name
+    from utils.speaker_db import MIN_REGISTER_SECONDS, SpeakerDB, validate_name
 
     modes = [
         m
@@ -120,7 +120,7 @@ def _run(args: argparse.Namespace) -> int:
     check_threshold(args.threshold)
     # cheap checks first, so bad input never waits for the model to load
     if mode == "register":
-        check_new_name(args.register)
+        validate_name(args.register)  # reserved names: checked by the library, which knows who exists
         if not args.audio_path:
             fail("--register NAME needs --audio_path FILE [FILE ...]")
         _check_files(args.audio_path, min_seconds=MIN_REGISTER_SECONDS)

@@ -510,10 +510,10 @@ def register(
         SpeakerExistsError,
         UnknownSpeakerError,
         VoiceMismatchError,
-        check_new_name,
+        validate_name,
     )
 
-    name = check_new_name(name)
+    name = validate_name(name)  # reserved names: SpeakerDB.register, which knows who exists
     if len(files) > MAX_REGISTER_FILES:
         raise HTTPException(400, f"at most {MAX_REGISTER_FILES} files per registration, got {len(files)}")
     # all decoded and checked first (named by file), so one bad file registers nothing
@@ -786,7 +786,10 @@ def check_listen_address(host: str, port: int) -> None:
     import socket
 
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        # "" is every interface to asyncio: passive lookup of None gives the same wildcard address
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
     except socket.gaierror as exc:
         fail(f"--host {host}: {exc.strerror}")
     with socket.socket(family, kind, proto) as probe:

@@ -112,7 +112,10 @@ def test_bad_names_rejected(name: str) -> None:
         validate_name(name)
 
 
-@pytest.mark.parametrize("name", ["unknown", "Unknown-1", "unknown-12", "NO SPEECH"])
+@pytest.mark.parametrize(
+    "name", ["unknown", "Unknown-1", "unknown-12", "NO SPEECH", "no  speech", "no\xa0speech", "unknown\u20111",
+             "unknown-\u0661", "\uff55nknown-1"],  # look-alikes: two spaces, NBSP, a non-breaking hyphen, an
+)  # Arabic-Indic 1, a fullwidth u  # fmt: skip
 def test_labels_of_the_not_enrolled_are_not_new_names(name: str, tmp_path: Path, embedder, speech) -> None:
     assert validate_name(name) == name  # an older library's folder of that name still loads and can be removed
     with pytest.raises(SpeakerDBError, match="reserved"):
@@ -120,6 +123,15 @@ def test_labels_of_the_not_enrolled_are_not_new_names(name: str, tmp_path: Path,
     with pytest.raises(SpeakerDBError, match="reserved"):
         SpeakerDB(tmp_path / "db", embedder).register(name, [speech["1272"][0]])
     assert check_new_name("unknown-1b") == "unknown-1b" and check_new_name("Mr Unknown") == "Mr Unknown"
+
+
+def test_an_older_librarys_reserved_name_can_still_be_added_to(tmp_path: Path, embedder, speech) -> None:
+    db = SpeakerDB(tmp_path / "db", embedder)
+    db.register("bob", [speech["1272"][0]])
+    (tmp_path / "db" / "bob").rename(tmp_path / "db" / "unknown-1")  # made before the names were reserved
+    db = SpeakerDB(tmp_path / "db", embedder)
+    db.enrol("unknown-1", [speech["1272"][1]], add=True)
+    assert db.counts() == {"unknown-1": 2}
 
 
 def test_bad_names_write_nothing(tmp_path: Path, embedder, speech) -> None:

@@ -196,7 +196,7 @@ def test_bad_inputs_fail_in_one_line(tmp_path: Path):
         assert result.returncode == 1 and result.stderr.startswith(f"error: {option} must be from "), result.stderr
     # YAML values are checked as the command line checks them (they once reached the code: tracebacks)
     for text, expected in (("model: resnet99", "model in"), ("batch_size: 4.9", "invalid value 4.9"),
-                           ("head: null", "head in"), ("overwrite: 3", "must be true or false")):  # fmt: skip
+                           ("device: [cpu]", "must be one value"), ("overwrite: 3", "must be true or false")):  # fmt: skip
         config.write_text(text + "\n")
         result = run(["train.py", "--config", str(config), "--save_model", str(tmp_path / "never")])
         last = result.stderr.strip().splitlines()[-1]

@@ -89,13 +89,13 @@ def _config_value(parser: argparse.ArgumentParser, action: argparse.Action, valu
     and never checks `choices` on defaults, so `model: resnet99` or `batch_size: 4.9` reached the code (a
     traceback) where `--model resnet99` is a one-line error."""
     where = f"{action.dest} in {path}"
+    if value is None:
+        return action.default  # "not set": the built-in default
     if action.nargs == 0:  # a flag (store_true)
-        if not isinstance(value, bool):
+        if value not in (True, False):  # also 1 and 0
             parser.error(f"{where} must be true or false, got {value!r}")
-        return value
+        return bool(value)
     many = action.nargs in ("+", "*") or isinstance(action.nargs, int)
-    if value is None and action.default is None and not many:
-        return None  # "not set", as the built-in default
     items = value if many and isinstance(value, list) else [value]
     checked = []
     for item in items:

@@ -604,7 +604,7 @@ def name_speakers(voices: dict[int, tuple], db: Any | None) -> dict[int, tuple[s
     names: dict[int, tuple[str, bool, float | None]] = {}
     # a library made before "unknown-N" was reserved (utils.speaker_db.check_new_name) may hold one: skip it,
     # or a stranger's turns would carry an enrolled person's label
-    taken = set(db.names()) if db is not None else set()
+    taken = {n.casefold() for n in db.names()} if db is not None else set()
     unknown = 0
     for k, result in found.items():
         if result is not None and result.name is not None and best[result.name] == k:

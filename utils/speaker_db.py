@@ -97,7 +97,9 @@ CACHE_VERSION = 1
 MAX_NAME_CHARS = 64
 MAX_NAME_BYTES = 200  # below NAME_MAX (255) even with a ".wav" suffix
 INVISIBLE_CATEGORIES = ("Cf", "Co", "Cn", "Zl", "Zp")
-RESERVED_NAME = re.compile(r"unknown(-[0-9]+)?|no speech", re.IGNORECASE)  # labels of the not enrolled
+# labels of people nobody enrolled, matched on the NFKC form with any dash, digit and space ("no\xa0speech",
+# "unknown\u20111" and "unknown-١" look the same on a page)
+RESERVED_NAME = re.compile(r"unknown(\s*[-\u2010-\u2015\u2212\ufe58\ufe63\uff0d]\s*\d+)?|no\s+speech", re.IGNORECASE)
 MIN_REGISTER_SECONDS = 1.0  # an enrolment shorter than this gives a poor voiceprint
 
 
@@ -142,9 +144,13 @@ def check_new_name(name: str) -> str:
     "no speech"): an enrolled "unknown-1" would be told apart from diarization's first stranger by nothing
     but a flag, and in RTTM or live mode not at all."""
     name = validate_name(name)
-    if RESERVED_NAME.fullmatch(name):
+    if is_reserved_name(name):
         raise SpeakerDBError(f"speaker name {name!r} is reserved for people who are not enrolled: choose another")
     return name
+
+
+def is_reserved_name(name: str) -> bool:
+    return RESERVED_NAME.fullmatch(unicodedata.normalize("NFKC", name)) is not None
 
 
 def _checked_name(name: str) -> str:
@@ -642,7 +648,9 @@ class SpeakerDB:
         """
         if self.embedder is None:
             raise SpeakerDBError("this library was opened without a model: it cannot register")
-        name = check_new_name(name)
+        name = validate_name(name)
+        if name not in self.names():  # an older library's "unknown-1" may still be added to
+            name = check_new_name(name)
         if isinstance(recordings, (str, os.PathLike, np.ndarray, Recording)):
             recordings = [recordings]
         recordings = list(recordings)
