@@ -226,6 +226,15 @@ def bad_text(text: str) -> bool:
     return "\t" in text or "\n" in text or "\r" in text
 
 
+def utf8(text: str) -> bool:
+    """False for a name with bytes that are not UTF-8 (Python keeps them as surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def discover(
     root: str,
     fmt: str,
@@ -249,6 +258,9 @@ def discover(
         if bad_text(path) or bad_text(speaker):
             skips.append(Skip(path, "bad name", "the path or speaker id contains a tab or newline"))
             return
+        if not utf8(path) or not utf8(speaker):  # list files are UTF-8 text
+            skips.append(Skip(path, "bad name", "the path or speaker id is not valid UTF-8"))
+            return
         full = f"{tag}/{speaker}" if multi else speaker
         items.append(Item(path, rel, full, speaker, tag, duration_ms))
 
@@ -257,20 +269,25 @@ def discover(
         if not os.path.isfile(info):
             raise DataError(f"{info} not found (zhvoice layout; use --dataset_format folder or flat for other corpora)")
         seen: set[str] = set()
-        with open(info, encoding="utf-8-sig") as f:
+        with open(info, encoding="utf-8-sig", errors="surrogateescape") as f:
             for number, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
                 where = f"{info}:{number}"
                 try:
+                    line.encode("utf-8")  # a byte that is not UTF-8 (kept as a surrogate by the read above)
                     entry = json.loads(line)
-                except json.JSONDecodeError:
+                except (UnicodeEncodeError, ValueError, RecursionError):  # also JSON nested 100000 deep
                     skips.append(Skip(where, "bad metadata", "not valid JSON"))
                     continue
                 if not isinstance(entry, dict) or not entry.get("index") or str(entry.get("speaker", "")).strip() == "":
                     skips.append(Skip(where, "bad metadata", "needs 'index' and 'speaker'"))
                     continue
-                rel = str(entry["index"])
+                rel = os.path.normpath(str(entry["index"]))  # ./S0/u0.flac and S0//u0.flac are one file
+                if os.path.isabs(rel) or rel.split(os.sep)[0] == "..":
+                    # a path out of the corpus: --delete_source would delete there, --wav_dir write there
+                    skips.append(Skip(where, "bad metadata", f"'index' {entry['index']!r} leads out of {root}"))
+                    continue
                 if rel in seen:
                     continue
                 seen.add(rel)
@@ -428,19 +445,31 @@ def _umask() -> int:
     return mask
 
 
+def _holds(path: str, pcm: np.ndarray) -> bool:
+    """`path` is a 16-bit 16 kHz mono WAV of exactly these samples: a conversion of the same recording (another
+    take of the same length, or a stale --wav_dir of another corpus, once passed for one and its source
+    was deleted)."""
+    if not _is_conversion(path, len(pcm)):
+        return False
+    try:
+        return bool(np.array_equal(sf.read(path, dtype="int16")[0], pcm))
+    except Exception:
+        return False
+
+
 def convert(source: str, target: str, wav: np.ndarray, delete_source: bool) -> tuple[str, str, str]:
     """Write `wav` (16 kHz) to `target` as 16-bit PCM; returns (path to list, outcome, detail)."""
     if _is_conversion(source, len(wav)):
         return source, "in place", ""  # already 16-bit 16 kHz mono WAV
+    pcm = np.round(np.clip(wav, -1.0, 1.0) * 32767.0).astype(np.int16)
     if os.path.lexists(target):
-        if not _is_conversion(target, len(wav)):
+        if not _holds(target, pcm):
             return source, "conflict", f"{target} exists and is not a conversion of {source}; left untouched"
         outcome = "reused"
     else:
         try:
             folder = os.path.dirname(target) or "."
             os.makedirs(folder, exist_ok=True)
-            pcm = np.round(np.clip(wav, -1.0, 1.0) * 32767.0).astype(np.int16)
             fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder)
             try:
                 os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a corpus file should read like its neighbours
@@ -456,7 +485,7 @@ def convert(source: str, target: str, wav: np.ndarray, delete_source: bool) -> t
                     os.unlink(tmp)
         except Exception as exc:
             return source, "failed", f"{target}: {type(exc).__name__}: {exc}"
-        if not _is_conversion(target, len(wav)):
+        if not _holds(target, pcm):
             return source, "failed", f"{target} did not read back as written"
         outcome = "written"
     if delete_source:
@@ -491,11 +520,18 @@ def run_checks(tasks: list[Task], num_workers: int, desc: str) -> list[Result]:
 
             workers = min(num_workers, len(tasks))
             chunk = max(1, min(32, len(tasks) // (workers * 8)))
-            with Pool(workers) as pool:
+            with Pool(workers, initializer=_quiet_worker) as pool:
                 for result in pool.imap_unordered(check_file, tasks, chunksize=chunk):
                     results.append(result)
                     bar.update()
     return sorted(results, key=lambda r: r.index)
+
+
+def _quiet_worker() -> None:
+    """Ctrl-C reaches the workers too (each then cleans up its temporary file): their KeyboardInterrupt
+    tracebacks are not for the user, who sees the one line "interrupted" from the main process. check_file
+    never raises, so nothing else is written to a worker's Python stderr."""
+    sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - open for the worker's life
 
 
 # splitting
@@ -753,6 +789,7 @@ def write_outputs(
     from utils.fileio import atomic_write_text
 
     def clean(text: str) -> str:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")  # a file name that is not UTF-8
         return text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
     out = args.list_dir

@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--list_path",
         default="dataset/test_list.txt",
-        help="<audio path>\\t<label> list; every pair of different utterances is a trial (ignored with --trials_path)",
+        help="<audio path>\\t<label> list (create_data.py's; relative paths are relative to the working folder, as "
+        "create_data.py writes them); every pair of different utterances is a trial (ignored with --trials_path)",
     )
     parser.add_argument(
         "--trials_path",

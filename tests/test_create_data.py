@@ -241,6 +241,68 @@ def test_zhvoice_convert_delete_and_rerun(
     assert read_list(tmp_path / "l" / "train_list.txt") == first
 
 
+def test_zhvoice_metadata_cannot_lead_out_of_the_corpus_or_list_a_file_twice(
+    speech: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # found by a review: an index "../outside/precious.flac" was deleted with --delete_source and its WAV
+    # written outside --wav_dir; "./x" and "x//y" listed one file several times; a non-UTF-8 byte or JSON
+    # nested 100000 deep ended in a traceback
+    root = tmp_path / "zhvoice"
+    make_zhvoice(root, speech)
+    outside = tmp_path / "outside" / "precious.mp3"
+    outside.parent.mkdir()
+    sf.write(outside, speech[:32000], 16000, format="MP3")
+    hostile = [{"index": "../outside/precious.mp3", "speaker": "spk_a"}, {"index": str(outside), "speaker": "spk_a"},
+               {"index": "./zhaidatatang/spk_b/0.mp3", "speaker": "spk_b"},
+               {"index": "zhaidatatang//spk_b/0.mp3", "speaker": "spk_c"}]  # fmt: skip
+    with open(root / "text" / "infodata.json", "ab") as f:
+        f.write(b"".join(json.dumps(e).encode() + b"\n" for e in hostile))
+        f.write(
+            b'{"index": "zhaidatatang/spk_a/0.mp3", "speaker": "caf\xe9"}\n' + b"[" * 100000 + b"]" * 100000 + b"\n"
+        )
+    args = ["--dataset_dir", str(root), "--test_mode", "none", "--list_dir", str(tmp_path / "l"), "--convert_to_wav",
+            "--wav_dir", str(tmp_path / "wav"), "--delete_source"]  # fmt: skip
+    out, _ = run_main(args, capsys)
+    assert outside.is_file() and not (tmp_path / "outside" / "precious.wav").exists()
+    listed = [path for path, _ in read_list(tmp_path / "l" / "train_list.txt")]
+    assert len(listed) == len(set(listed)) == 5 and all(p.startswith(str(tmp_path / "wav")) for p in listed)
+    assert read_map(tmp_path / "l" / "speakers.txt") == {0: "spk_a", 1: "spk_b"}
+    reasons = list(read_skipped(tmp_path / "l" / "skipped.txt").values())
+    assert sum("leads out of" in r for r in reasons) == 2 and sum("not valid JSON" in r for r in reasons) == 3
+
+
+def test_an_unrelated_wav_of_the_same_length_is_not_taken_for_a_conversion(
+    speech: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # x.wav, another take of exactly x.flac's length, was "reused" as its conversion and x.flac deleted
+    for speaker in ("spka", "spkb"):
+        (tmp_path / "c" / speaker).mkdir(parents=True)
+        sf.write(tmp_path / "c" / speaker / "x.flac", speech[:32000], 16000)
+        sf.write(tmp_path / "c" / speaker / "y.flac", speech[40000:72000], 16000)
+    sf.write(tmp_path / "c" / "spka" / "x.wav", speech[80000:112000], 16000, subtype="PCM_16")
+    other_take = (tmp_path / "c" / "spka" / "x.wav").read_bytes()
+    _, err = run_main(["--dataset_dir", str(tmp_path / "c"), "--dataset_format", "folder", "--test_mode", "none",
+                       "--list_dir", str(tmp_path / "l"), "--convert_to_wav", "--delete_source"], capsys)  # fmt: skip
+    assert "conflict" in err
+    assert (tmp_path / "c" / "spka" / "x.flac").is_file()  # kept: its conversion could not be written
+    assert (tmp_path / "c" / "spka" / "x.wav").read_bytes() == other_take
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_not_a_traceback(
+    speech: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for speaker in ("spka", "spkb"):
+        (tmp_path / "c" / speaker).mkdir(parents=True)
+        sf.write(tmp_path / "c" / speaker / "x.flac", speech[:32000], 16000)
+    odd = os.fsdecode(os.fsencode(str(tmp_path / "c" / "spka")) + b"/b\xffad.flac")
+    sf.write(os.fsencode(odd), speech[:32000], 16000, format="FLAC")
+    out, _ = run_main(["--dataset_dir", str(tmp_path / "c"), "--dataset_format", "folder", "--test_mode", "none",
+                       "--list_dir", str(tmp_path / "l")], capsys)  # fmt: skip
+    assert "kept 2 files, skipped 1" in out
+    skipped = (tmp_path / "l" / "skipped.txt").read_text(encoding="utf-8")
+    assert "b\\udcffad.flac\tbad name: the path or speaker id is not valid UTF-8" in skipped
+
+
 def test_bad_files_are_skipped_with_reasons(
     libri_flat: Path, speech: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -49,6 +49,7 @@ ALLOWED_WRITES = {
     ("create_data.py", "convert", "sf.write"): "writes into the fdopen'ed temp file of the same atomic WAV writer",
     ("utils/speaker_db.py", "_open_lock", "os.open(w)"): "the library's .lock file for flock: it never holds data",
     ("utils/audio.py", "quiet_c_stderr", "os.open(w)"): "opens /dev/null to hide C libraries' stderr noise",
+    ("create_data.py", "_quiet_worker", "open(w)"): "opens /dev/null as a pool worker's stderr (Ctrl-C noise)",
     ("scripts/prepare_gpu_bundle.py", "main", "sf.write"): "builds a throw-away copy of ../shared/data for a GPU "
     "session; rerun it if interrupted",
     ("scripts/prepare_gpu_bundle.py", "main", "shutil.copytree"): "same throw-away GPU data bundle",
@@ -457,3 +458,14 @@ def test_create_data_keeps_sources_unless_delete_source(
     assert all(final[k] == before[k] for k in kept)
     listed = {Path(p).relative_to(corpus).as_posix() for p, _ in read_list(tmp_path / "lists" / "train_list.txt")}
     assert listed == {"spk1/u1.wav", "spk1/u2.wav", "spk2/u3.wav", "spk2/u4.16k.wav", "spk3/u5.mp3"}
+
+
+def test_json_with_a_file_name_that_is_not_utf8_is_written_and_reads_back(tmp_path: Path) -> None:
+    # infer_recognition.py --recognize --json_path lost every result when one file name held a non-UTF-8 byte
+    import json
+
+    from utils.fileio import atomic_write_json
+
+    record = {"path": os.fsdecode(b"/data/n\xffl.wav"), "name": "李达康"}
+    atomic_write_json(tmp_path / "r.json", record, ensure_ascii=False)
+    assert json.loads((tmp_path / "r.json").read_text(encoding="utf-8")) == record

@@ -49,7 +49,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, **options: Any) -> None:
     """JSON with a 2-space indent and a final newline; `options` go to json.dumps (e.g. sort_keys)."""
-    atomic_write_text(path, json.dumps(obj, indent=2, **options) + "\n")
+    text = json.dumps(obj, indent=2, **options) + "\n"
+    # a file name that is not UTF-8 (a surrogate in Python) as a JSON escape: valid JSON, read back the same
+    atomic_write_bytes(path, text.encode("utf-8", "backslashreplace"))
 
 
 def remove_stale_temp_files(folder: str | os.PathLike) -> None:
