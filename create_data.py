@@ -184,27 +184,36 @@ def dir_tags(dirs: list[str]) -> list[str]:
 
 
 def scan_audio(root: str, prune: set[str]) -> list[str]:
-    """Audio files below `root` (relative, sorted); follows folder symlinks once, skips hidden names."""
+    """Audio files below `root` (relative, sorted); follows folder symlinks once, skips hidden names.
+    A symlink to a file or folder inside `root` is skipped: what it points to is listed where it lies (a
+    link dave/link -> ../alice once made alice's files dave's, or both speakers', by walk order)."""
     found: list[str] = []
     seen: set[str] = set()
+    top = os.path.realpath(root)
+
+    def link_inside(path: str) -> bool:
+        return os.path.islink(path) and os.path.realpath(path).startswith(top + os.sep)
+
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen or real in prune:
             dirnames[:] = []
             continue
         seen.add(real)
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and not link_inside(os.path.join(dirpath, d))]
         for name in filenames:
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS:
-                found.append(os.path.relpath(os.path.join(dirpath, name), root))
+            path = os.path.join(dirpath, name)
+            if name.startswith(".") or os.path.splitext(name)[1].lower() not in AUDIO_EXTENSIONS or link_inside(path):
+                continue
+            found.append(os.path.relpath(path, root))
     return sorted(found)
 
 
-def drop_converted_copies(rels: list[str]) -> tuple[list[str], int]:
-    """Keep one file per name: `x.mp3` over our `x.wav`, `x.wav` over our `x.16k.wav`.
-
-    A folder converted earlier with originals kept would otherwise list every utterance twice.
-    """
+def drop_converted_copies(rels: list[str], root: str) -> tuple[list[str], int]:
+    """Every recording, but not our own conversion of one that is listed too: `x.wav` beside `x.mp3`,
+    `x.16k.wav` beside `x.wav` (a folder converted earlier with its originals kept would list every
+    utterance twice). Our conversion is a 16-bit 16 kHz mono WAV: a WAV of another kind beside `x.mp3`, and
+    `x.flac` beside `x.ogg`, are recordings of their own and stay (they were dropped unseen)."""
 
     def key(rel: str) -> str:
         if rel.lower().endswith(CONVERTED_SUFFIX):
@@ -218,8 +227,11 @@ def drop_converted_copies(rels: list[str]) -> tuple[list[str], int]:
     groups: dict[str, list[str]] = defaultdict(list)
     for rel in rels:
         groups[key(rel)].append(rel)
-    kept = sorted(min(members, key=lambda r: (rank(r), r)) for members in groups.values())
-    return kept, len(rels) - len(kept)
+    kept = []
+    for members in groups.values():
+        first = min(rank(r) for r in members)
+        kept += [r for r in members if rank(r) == first or not _is_our_wav(os.path.join(root, r))]
+    return sorted(kept), len(rels) - len(kept)
 
 
 def bad_text(text: str) -> bool:
@@ -304,7 +316,7 @@ def discover(
                 add(rel, str(entry["speaker"]).strip(), duration_ms, path)
         return items, skips, ignored
 
-    rels, ignored = drop_converted_copies(scan_audio(root, prune))
+    rels, ignored = drop_converted_copies(scan_audio(root, prune), root)
     for rel in rels:
         if fmt == "folder":
             parts = Path(rel).parts
@@ -425,7 +437,8 @@ def speech_seconds(wav: np.ndarray, rate: int) -> float:
     return analyse_speech(resample(wav, rate, SAMPLE_RATE)).speech_seconds
 
 
-def _is_conversion(path: str, num_samples: int) -> bool:
+def _is_our_wav(path: str, num_samples: int | None = None) -> bool:
+    """A 16-bit 16 kHz mono WAV (of `num_samples` samples, when given): what convert() writes."""
     try:
         info = sf.info(path)
     except Exception:
@@ -435,7 +448,7 @@ def _is_conversion(path: str, num_samples: int) -> bool:
         and info.subtype == "PCM_16"
         and info.samplerate == SAMPLE_RATE
         and info.channels == 1
-        and info.frames == num_samples
+        and (num_samples is None or info.frames == num_samples)
     )
 
 
@@ -449,7 +462,7 @@ def _holds(path: str, pcm: np.ndarray) -> bool:
     """`path` is a 16-bit 16 kHz mono WAV of exactly these samples: a conversion of the same recording (another
     take of the same length, or a stale --wav_dir of another corpus, once passed for one and its source
     was deleted)."""
-    if not _is_conversion(path, len(pcm)):
+    if not _is_our_wav(path, len(pcm)):
         return False
     try:
         return bool(np.array_equal(sf.read(path, dtype="int16")[0], pcm))
@@ -459,7 +472,7 @@ def _holds(path: str, pcm: np.ndarray) -> bool:
 
 def convert(source: str, target: str, wav: np.ndarray, delete_source: bool) -> tuple[str, str, str]:
     """Write `wav` (16 kHz) to `target` as 16-bit PCM; returns (path to list, outcome, detail)."""
-    if _is_conversion(source, len(wav)):
+    if _is_our_wav(source, len(wav)):
         return source, "in place", ""  # already 16-bit 16 kHz mono WAV
     pcm = np.round(np.clip(wav, -1.0, 1.0) * 32767.0).astype(np.int16)
     if os.path.lexists(target):

@@ -303,6 +303,29 @@ def test_a_file_name_that_is_not_utf8_is_skipped_not_a_traceback(
     assert "b\\udcffad.flac\tbad name: the path or speaker id is not valid UTF-8" in skipped
 
 
+def test_links_inside_the_corpus_and_same_named_recordings(
+    speech: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a link dave/link -> ../alice made alice's files dave's (walk order); a file link listed one recording
+    # under two speakers; x.flac, x.ogg and a 22.05 kHz x.wav (three recordings) were cut to x.flac, unseen
+    corpus = tmp_path / "c"
+    for k, speaker in enumerate(("alice", "bob", "dave")):
+        (corpus / speaker).mkdir(parents=True)
+        sf.write(corpus / speaker / f"{speaker}0.flac", speech[k * 32000 : (k + 1) * 32000], 16000)
+    (corpus / "dave" / "link").symlink_to("../alice")
+    (corpus / "dave" / "dup.flac").symlink_to("../bob/bob0.flac")
+    sf.write(corpus / "bob" / "x.flac", speech[:24000], 16000)
+    sf.write(corpus / "bob" / "x.ogg", speech[30000:54000], 16000, format="OGG", subtype="VORBIS")
+    sf.write(corpus / "bob" / "x.wav", speech[60000:124000:2], 22050)
+    run_main(["--dataset_dir", str(corpus), "--dataset_format", "folder", "--test_mode", "none", "--list_dir",
+              str(tmp_path / "l")], capsys)  # fmt: skip
+    labels = read_map(tmp_path / "l" / "speakers.txt")
+    listed = {Path(path).relative_to(corpus).as_posix(): labels[label] for path, label in
+              read_list(tmp_path / "l" / "train_list.txt")}  # fmt: skip
+    assert listed == {"alice/alice0.flac": "alice", "bob/bob0.flac": "bob", "dave/dave0.flac": "dave",
+                      "bob/x.flac": "bob", "bob/x.ogg": "bob", "bob/x.wav": "bob"}  # fmt: skip
+
+
 def test_bad_files_are_skipped_with_reasons(
     libri_flat: Path, speech: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
