@@ -191,8 +191,8 @@ def scan_audio(root: str, prune: set[str]) -> list[str]:
     seen: set[str] = set()
     top = os.path.realpath(root)
 
-    def link_inside(path: str) -> bool:
-        return os.path.islink(path) and os.path.realpath(path).startswith(top + os.sep)
+    def link_inside(path: str) -> bool:  # a dangling link stays, to be reported "missing"
+        return os.path.islink(path) and os.path.exists(path) and os.path.realpath(path).startswith(top + os.sep)
 
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)

@@ -271,13 +271,19 @@ def test_zhvoice_metadata_cannot_lead_out_of_the_corpus_or_list_a_file_twice(
     assert sum("leads out of" in r for r in reasons) == 2 and sum("not valid JSON" in r for r in reasons) == 3
 
 
+def two_speakers(corpus: Path, speech: np.ndarray) -> None:
+    """corpus/spka/x.flac and corpus/spkb/x.flac: 2 s of real speech each."""
+    for speaker in ("spka", "spkb"):
+        (corpus / speaker).mkdir(parents=True)
+        sf.write(corpus / speaker / "x.flac", speech[:32000], 16000)
+
+
 def test_an_unrelated_wav_of_the_same_length_is_not_taken_for_a_conversion(
     speech: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # x.wav, another take of exactly x.flac's length, was "reused" as its conversion and x.flac deleted
+    two_speakers(tmp_path / "c", speech)
     for speaker in ("spka", "spkb"):
-        (tmp_path / "c" / speaker).mkdir(parents=True)
-        sf.write(tmp_path / "c" / speaker / "x.flac", speech[:32000], 16000)
         sf.write(tmp_path / "c" / speaker / "y.flac", speech[40000:72000], 16000)
     sf.write(tmp_path / "c" / "spka" / "x.wav", speech[80000:112000], 16000, subtype="PCM_16")
     other_take = (tmp_path / "c" / "spka" / "x.wav").read_bytes()
@@ -291,9 +297,7 @@ def test_an_unrelated_wav_of_the_same_length_is_not_taken_for_a_conversion(
 def test_a_file_name_that_is_not_utf8_is_skipped_not_a_traceback(
     speech: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for speaker in ("spka", "spkb"):
-        (tmp_path / "c" / speaker).mkdir(parents=True)
-        sf.write(tmp_path / "c" / speaker / "x.flac", speech[:32000], 16000)
+    two_speakers(tmp_path / "c", speech)
     odd = os.fsdecode(os.fsencode(str(tmp_path / "c" / "spka")) + b"/b\xffad.flac")
     sf.write(os.fsencode(odd), speech[:32000], 16000, format="FLAC")
     out, _ = run_main(["--dataset_dir", str(tmp_path / "c"), "--dataset_format", "folder", "--test_mode", "none",
