@@ -144,13 +144,9 @@ def check_new_name(name: str) -> str:
     "no speech"): an enrolled "unknown-1" would be told apart from diarization's first stranger by nothing
     but a flag, and in RTTM or live mode not at all."""
     name = validate_name(name)
-    if is_reserved_name(name):
+    if RESERVED_NAME.fullmatch(unicodedata.normalize("NFKC", name)):
         raise SpeakerDBError(f"speaker name {name!r} is reserved for people who are not enrolled: choose another")
     return name
-
-
-def is_reserved_name(name: str) -> bool:
-    return RESERVED_NAME.fullmatch(unicodedata.normalize("NFKC", name)) is not None
 
 
 def _checked_name(name: str) -> str:
@@ -650,7 +646,7 @@ class SpeakerDB:
             raise SpeakerDBError("this library was opened without a model: it cannot register")
         name = validate_name(name)
         if name not in self.names():  # an older library's "unknown-1" may still be added to
-            name = check_new_name(name)
+            check_new_name(name)
         if isinstance(recordings, (str, os.PathLike, np.ndarray, Recording)):
             recordings = [recordings]
         recordings = list(recordings)
