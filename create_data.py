@@ -33,6 +33,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import tempfile
 from collections import Counter, defaultdict
@@ -55,6 +56,7 @@ from utils.audio import (
 )
 from utils.config import HelpFormatter, check_output_dir, fail, print_arguments, save_arguments
 from utils.errors import UserError, run_cli
+from utils.fileio import deferred_interrupt
 
 FORMATS = ("zhvoice", "folder", "flat")
 CONVERTED_SUFFIX = ".16k.wav"  # name of the conversion of a source that is itself a .wav
@@ -533,7 +535,11 @@ def run_checks(tasks: list[Task], num_workers: int, desc: str) -> list[Result]:
 
             workers = min(num_workers, len(tasks))
             chunk = max(1, min(32, len(tasks) // (workers * 8)))
-            with Pool(workers, initializer=_quiet_worker) as pool:
+            # Ctrl-C is held while the workers start: a KeyboardInterrupt between a fork and the pool's
+            # bookkeeping left workers that outlived the script (and held its output pipes open)
+            with deferred_interrupt():
+                pool = Pool(workers, initializer=_quiet_worker)
+            with pool:
                 for result in pool.imap_unordered(check_file, tasks, chunksize=chunk):
                     results.append(result)
                     bar.update()
@@ -543,7 +549,9 @@ def run_checks(tasks: list[Task], num_workers: int, desc: str) -> list[Result]:
 def _quiet_worker() -> None:
     """Ctrl-C reaches the workers too (each then cleans up its temporary file): their KeyboardInterrupt
     tracebacks are not for the user, who sees the one line "interrupted" from the main process. check_file
-    never raises, so nothing else is written to a worker's Python stderr."""
+    never raises, so nothing else is written to a worker's Python stderr. A worker is forked while the main
+    process holds Ctrl-C (run_checks), so it puts back the handler that raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - open for the worker's life
 
 

@@ -70,6 +70,7 @@ from utils.data import (
     num_classes_of,
     read_list,
     split_validation,
+    start_batches,
 )
 from utils.errors import run_cli
 from utils.features import FEATURES, LOG_FLOORS, FeatureConfig, FeatureExtractor, spec_augment
@@ -874,7 +875,7 @@ def train_one_epoch(trainer: Trainer, progress: Progress) -> bool:
     amp_dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
     use_amp = args.amp and device.type == "cuda"
     stop = False
-    bar = tqdm(data.loader, total=len(data.sampler), disable=not proc.is_main, desc=f"epoch {progress.epoch}",
+    bar = tqdm(start_batches(data.loader), total=len(data.sampler), disable=not proc.is_main, desc=f"epoch {progress.epoch}",
                dynamic_ncols=True)  # fmt: skip
     for wav, label in bar:
         if hasattr(module.head, "set_margin_fraction"):

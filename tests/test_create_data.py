@@ -330,6 +330,39 @@ def test_links_inside_the_corpus_and_same_named_recordings(
                       "bob/x.flac": "bob", "bob/x.ogg": "bob", "bob/x.wav": "bob"}  # fmt: skip
 
 
+def test_ctrl_c_while_the_workers_start_leaves_no_process_behind(shared_data: Path, tmp_path: Path) -> None:
+    """A Ctrl-C while the pool forked its workers was lost (a traceback from a fork hook, then the whole run,
+    exit 0: 21 of 30 tries) or left workers alive after the script (they held its pipes: the caller hung)."""
+    import signal
+    import time
+
+    corpus = shared_data / "librispeech" / "dev-clean" / "1272"
+    for delay in (0.0, 0.002, 0.004, 0.006, 0.008):
+        proc = subprocess.Popen(
+            [sys.executable, "create_data.py", "--dataset_dir", str(corpus), "--dataset_format", "folder",
+             "--list_dir", str(tmp_path / "lists"), "--test_mode", "none", "--num_workers", "16"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        )  # fmt: skip
+        err = b""
+        while b"checking" not in err:  # the progress bar is drawn just before the pool starts
+            chunk = os.read(proc.stderr.fileno(), 4096)
+            assert chunk, err.decode(errors="replace")
+            err += chunk
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        status = proc.wait(timeout=60)
+        time.sleep(0.3)
+        try:  # anything still alive in the script's session is a leftover worker
+            os.killpg(proc.pid, signal.SIGKILL)
+            left_behind = True
+        except ProcessLookupError:
+            left_behind = False
+        err += proc.stderr.read()
+        proc.stderr.close()
+        assert not left_behind and status == 130, (delay, status, err.decode(errors="replace")[-800:])
+        assert b"Traceback" not in err and err.decode().rstrip().endswith("interrupted")
+
+
 def test_bad_files_are_skipped_with_reasons(
     libri_flat: Path, speech: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

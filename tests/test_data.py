@@ -85,3 +85,52 @@ def test_validation_split_holds_out_whole_speakers_with_the_most_utterances():
     assert split_validation(items, 0) == (items, [])
     with pytest.raises(ListError, match="speaker\\(s\\) with 2\\+ utterances"):
         split_validation([("a.wav", 0), ("b.wav", 0), ("c.wav", 1)], 3)
+
+
+LOADER_SCRIPT = """
+import os, signal, sys, time, torch
+from utils.data import start_batches
+from utils.errors import run_cli
+
+class Items(torch.utils.data.Dataset):
+    def __len__(self):
+        return 64
+    def __getitem__(self, i):
+        time.sleep(0.01)
+        return i
+
+def main():
+    loader = torch.utils.data.DataLoader(Items(), batch_size=None, num_workers=2)
+    os.register_at_fork(after_in_parent=lambda: os.kill(os.getpid(), signal.SIGINT))  # Ctrl-C at each fork
+    for _ in ITERATE(loader):
+        pass
+    print("ran to the end")
+
+run_cli(main)
+"""
+
+
+def test_ctrl_c_while_loader_workers_fork_interrupts_cleanly(tmp_path: Path) -> None:
+    """With iter(loader), a Ctrl-C as the workers forked was lost (eval.py ran on to exit 0), printed an
+    AttributeError traceback from the half-built iterator, or left workers alive (20 tries: 18 went wrong)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-c", LOADER_SCRIPT.replace("ITERATE", "start_batches")], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    status = proc.wait(timeout=120)
+    time.sleep(0.3)
+    try:  # anything still alive in the script's session is a leftover worker
+        os.killpg(proc.pid, signal.SIGKILL)
+        left_behind = True
+    except ProcessLookupError:
+        left_behind = False
+    out, err = proc.stdout.read(), proc.stderr.read()
+    proc.stdout.close()
+    proc.stderr.close()
+    assert status == 130 and not left_behind and out == "", (status, left_behind, out, err[-1000:])
+    assert "Traceback" not in err and err.strip() == "interrupted", err[-1000:]

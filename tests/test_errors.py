@@ -103,6 +103,35 @@ def test_ctrl_c_in_every_script_is_one_line_and_130(moment: float, shared_data: 
             assert err.strip().splitlines()[-1].endswith("interrupted"), (script, err[-500:])
 
 
+def test_ctrl_c_during_an_import_waits_for_the_import(tmp_path: Path) -> None:
+    """A KeyboardInterrupt raised inside torch's import (Python called from C++ by pybind11) aborted the
+    process (status -6, a C++ 'terminate called' message: CI, Ctrl-C 0.3 s into infer_recognition.py). A
+    Ctrl-C during an import is held until the import is over, then interrupts as usual."""
+    (tmp_path / "slow_module.py").write_text(
+        "import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(0.3)\nprint('imported')\n"
+    )
+    script = (
+        f"import sys, time\nsys.path.insert(0, {str(tmp_path)!r})\nfrom utils.errors import run_cli\n"
+        "def main():\n    import slow_module\n    time.sleep(30)\n    print('not interrupted')\nrun_cli(main)\n"
+    )
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130 and proc.stdout == "imported\n", (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stderr.strip() == "interrupted" and time.monotonic() - started < 20
+
+
+def test_a_second_ctrl_c_while_the_first_winds_down_is_ignored() -> None:
+    from utils.errors import _CtrlC
+
+    handler = _CtrlC()
+    with pytest.raises(KeyboardInterrupt):
+        handler(signal.SIGINT, sys._getframe())
+    assert handler(signal.SIGINT, sys._getframe()) is None  # cleanup of the first is not cut by a traceback
+    handler.raised_at -= _CtrlC.REPEAT_SECONDS
+    with pytest.raises(KeyboardInterrupt):  # a later press interrupts again
+        handler(signal.SIGINT, sys._getframe())
+
+
 @pytest.mark.parametrize("code", [0, 1])
 def test_ctrl_c_while_the_interpreter_tears_down_keeps_the_exit_status(code: int) -> None:
     """A Ctrl-C after main() finished (torch takes ~0.5 s to free) once killed a successful run (status -2)."""

@@ -22,7 +22,7 @@ from utils.audio import (
     speed_perturb,
 )
 from utils.errors import UserError
-from utils.fileio import atomic_write_text
+from utils.fileio import atomic_write_text, deferred_interrupt
 
 
 class ListError(UserError, ValueError):
@@ -122,6 +122,14 @@ def split_validation(
 # training data
 
 
+def start_batches(loader: torch.utils.data.DataLoader) -> Iterator:
+    """iter(loader), with Ctrl-C held while its worker processes fork. A KeyboardInterrupt between a fork
+    and torch's bookkeeping was lost (the run went on to the end, exit 0), left workers behind, or printed a
+    traceback from the half-built iterator's __del__."""
+    with deferred_interrupt():
+        return iter(loader)
+
+
 @dataclass
 class CropConfig:
     seconds: float = 2.0
@@ -167,7 +175,9 @@ class TrainDataset(torch.utils.data.Dataset):
             _DecodeDataset([path for path, _ in self.items]), batch_size=None, num_workers=num_workers
         )
         self.cache = {}
-        for index, wav in enumerate(tqdm(loader, total=len(self.items), disable=not progress, desc="caching audio")):
+        for index, wav in enumerate(
+            tqdm(start_batches(loader), total=len(self.items), disable=not progress, desc="caching audio")
+        ):
             if wav.numel():  # a file that failed is retried (and reported) when a batch asks for it
                 self.cache[index] = wav.numpy()
 

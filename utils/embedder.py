@@ -37,6 +37,7 @@ from utils.audio import (
     prepare_recording,
 )
 from utils.checkpoint import load_inference_model, resolve_model_path
+from utils.data import start_batches
 from utils.errors import OptionError
 from utils.features import FeatureConfig, FeatureExtractor
 from utils.onnx_model import OnnxBackbone, export_backbone, is_onnx_path, load_onnx_model, onnx_session
@@ -216,7 +217,9 @@ class Embedder:
             batch_size=None,
             num_workers=num_workers,
         )
-        for i, (wav, error) in enumerate(tqdm(loader, total=len(paths), disable=not progress, desc="embedding")):
+        for i, (wav, error) in enumerate(
+            tqdm(start_batches(loader), total=len(paths), disable=not progress, desc="embedding")
+        ):
             if error is None:
                 try:
                     out[i] = self._embed_long(wav.numpy(), str(paths[i]))[0]  # checked in the worker

@@ -11,8 +11,12 @@ that names the path. Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import errno
+import math
+import os
+import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -38,16 +42,58 @@ def _finish(code: int, main: Callable) -> NoReturn:
     finalisation, and a signal then would kill the process (status -2) after a finished, successful run.
     Only for a script's own main(): a caller in the same process (a test) keeps its Ctrl-C, and an ignored
     SIGINT would be inherited by every process it starts."""
-    import signal
-
-    is_script = getattr(main, "__module__", None) == "__main__"
-    if (
-        is_script
-        and threading.current_thread() is threading.main_thread()
-        and not any(not thread.daemon for thread in threading.enumerate() if thread is not threading.main_thread())
+    if _is_script(main) and not any(
+        not thread.daemon for thread in threading.enumerate() if thread is not threading.main_thread()
     ):  # a non-daemon thread still running keeps Ctrl-C, the only way to stop a hung one
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise SystemExit(code)
+
+
+def _is_script(main: Callable) -> bool:
+    """run_cli called for a script's own main() in its main thread (not a test calling it in-process)."""
+    return getattr(main, "__module__", None) == "__main__" and threading.current_thread() is threading.main_thread()
+
+
+def _importing(frame: object) -> bool:
+    """True when a module is being imported somewhere below `frame` (Python's own import machinery runs)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+class _CtrlC:
+    """A script's SIGINT handler: Ctrl-C raises KeyboardInterrupt as usual, except while a module is being
+    imported. torch's import runs Python code called from C++ (pybind11); a KeyboardInterrupt raised there
+    cannot cross back and aborts the process (std::terminate, status -6, seen in CI at 0.37 s into a run).
+    So during an import the keypress is held, and re-sent every 50 ms until the import is over (torch's
+    takes ~1 s). A second press within 0.5 s of the one that raised is ignored: the first is already
+    winding the script down, and a second KeyboardInterrupt inside that cleanup would print a traceback."""
+
+    RESEND_SECONDS = 0.05
+    REPEAT_SECONDS = 0.5
+
+    def __init__(self) -> None:
+        self.held = False
+        self.raised_at = -math.inf
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if time.monotonic() - self.raised_at < self.REPEAT_SECONDS:
+            return
+        if not _importing(frame):
+            self.held = False
+            self.raised_at = time.monotonic()
+            raise KeyboardInterrupt
+        if not self.held:
+            self.held = True
+            threading.Thread(target=self._resend, name="ctrl-c-resend", daemon=True).start()
+
+    def _resend(self) -> None:
+        while self.held:
+            time.sleep(self.RESEND_SECONDS)
+            if self.held:
+                os.kill(os.getpid(), signal.SIGINT)
 
 
 def _caused_by_ctrl_c(exc: BaseException) -> bool:
@@ -73,6 +119,8 @@ def _interrupted(main: Callable) -> NoReturn:
 def run_cli(main: Callable[[], object]) -> NoReturn:
     """Run a script's main() the way every script ends: one line per failure, the right exit status.
     main() may return an exit status; anything else it returns (a benchmark's figures) means success."""
+    if _is_script(main) and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _CtrlC())  # left alone when Ctrl-C is ignored (nohup, a background job)
     try:
         code = main()
     except KeyboardInterrupt:
