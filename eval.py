@@ -19,6 +19,11 @@ EER and minDCF are the numbers to compare.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # first, before the heavy imports below: a Ctrl-C while they load ends in one line
+    from utils.errors import hold_ctrl_c_until_main
+
+    hold_ctrl_c_until_main()
+
 import argparse
 import dataclasses
 import io

@@ -29,6 +29,11 @@ put the service behind HTTPS.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # first, before the heavy imports below: a Ctrl-C while they load ends in one line
+    from utils.errors import hold_ctrl_c_until_main
+
+    hold_ctrl_c_until_main()
+
 import argparse
 import asyncio
 import errno

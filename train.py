@@ -23,6 +23,11 @@ train_log.csv and train_args.json.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # first, before the heavy imports below: a Ctrl-C while they load ends in one line
+    from utils.errors import hold_ctrl_c_until_main
+
+    hold_ctrl_c_until_main()
+
 import argparse
 import contextlib
 import csv

@@ -90,6 +90,10 @@ def test_ctrl_c_in_every_script_is_one_line_and_130(moment: float, shared_data: 
         "eval.py": ["--list_path", str(tmp_path / "list.txt"), "--device", "cpu", "--num_workers", "1"],
         "create_data.py": ["--dataset_dir", str(clips[0].parents[1]), "--dataset_format", "folder",
                            "--list_dir", str(tmp_path / "lists"), "--test_mode", "none", "--check_speech"],
+        "train.py": ["--train_list_path", str(tmp_path / "list.txt"), "--valid_speakers", "0", "--save_model",
+                     str(tmp_path / "m"), "--model", "resnet18", "--width", "8", "--embedding_dim", "32",
+                     "--batch_size", "2", "--num_workers", "1", "--device", "cpu", "--threads", "1",
+                     "--max_steps", "2"],
     }  # fmt: skip
     for script, args in scripts.items():
         proc = subprocess.Popen([sys.executable, script, *args], cwd=ROOT, stdout=subprocess.PIPE,
@@ -117,6 +121,20 @@ def test_ctrl_c_during_an_import_waits_for_the_import(tmp_path: Path) -> None:
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 130 and proc.stdout == "imported\n", (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stderr.strip() == "interrupted" and time.monotonic() - started < 20
+
+
+def test_ctrl_c_before_main_starts_is_held_for_main() -> None:
+    """Scripts call hold_ctrl_c_until_main first: a Ctrl-C among their top-level imports (train.py's torch
+    takes ~1 s) was a KeyboardInterrupt traceback, or an abort inside torch's import."""
+    script = (
+        "from utils.errors import hold_ctrl_c_until_main, run_cli\nhold_ctrl_c_until_main()\n"
+        "import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(0.3)\nprint('top level ran')\n"
+        "def main():\n    time.sleep(30)\n    print('not interrupted')\nrun_cli(main)\n"
+    )
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130 and proc.stdout == "top level ran\n", (proc.returncode, proc.stdout, proc.stderr)
     assert proc.stderr.strip() == "interrupted" and time.monotonic() - started < 20
 
 

@@ -65,35 +65,57 @@ def _importing(frame: object) -> bool:
 
 class _CtrlC:
     """A script's SIGINT handler: Ctrl-C raises KeyboardInterrupt as usual, except while a module is being
-    imported. torch's import runs Python code called from C++ (pybind11); a KeyboardInterrupt raised there
-    cannot cross back and aborts the process (std::terminate, status -6, seen in CI at 0.37 s into a run).
-    So during an import the keypress is held, and re-sent every 50 ms until the import is over (torch's
-    takes ~1 s). A second press within 0.5 s of the one that raised is ignored: the first is already
-    winding the script down, and a second KeyboardInterrupt inside that cleanup would print a traceback."""
+    imported, or before run_cli has started main() (hold_ctrl_c_until_main). torch's import runs Python
+    code called from C++ (pybind11); a KeyboardInterrupt raised there cannot cross back and aborts the
+    process (std::terminate, status -6, seen in CI at 0.37 s into a run); one raised among a script's
+    top-level imports is a traceback. So such a keypress is held and re-sent every 50 ms until it can
+    interrupt (torch's import takes ~1 s). A second press within 0.5 s of the one that raised is ignored:
+    the first is already winding the script down, and a second KeyboardInterrupt in that cleanup would
+    print a traceback."""
 
     RESEND_SECONDS = 0.05
     REPEAT_SECONDS = 0.5
 
-    def __init__(self) -> None:
+    def __init__(self, armed: bool = True) -> None:
+        self.armed = armed  # main() is running under run_cli: an interrupt now is reported in one line
         self.held = False
         self.raised_at = -math.inf
 
     def __call__(self, signum: int, frame: object) -> None:
         if time.monotonic() - self.raised_at < self.REPEAT_SECONDS:
             return
-        if not _importing(frame):
-            self.held = False
-            self.raised_at = time.monotonic()
-            raise KeyboardInterrupt
+        if self.armed and not _importing(frame):
+            self._raise()
         if not self.held:
             self.held = True
             threading.Thread(target=self._resend, name="ctrl-c-resend", daemon=True).start()
+
+    def arm(self) -> None:
+        """Called by run_cli inside its try: a press held since the script started interrupts now."""
+        self.armed = True
+        if self.held:
+            self._raise()
+
+    def _raise(self) -> NoReturn:
+        self.held = False
+        self.raised_at = time.monotonic()
+        raise KeyboardInterrupt
 
     def _resend(self) -> None:
         while self.held:
             time.sleep(self.RESEND_SECONDS)
             if self.held:
                 os.kill(os.getpid(), signal.SIGINT)
+
+
+def hold_ctrl_c_until_main() -> None:
+    """A script's first statement, before its heavy imports (torch, numpy, fastapi: up to ~1 s): a Ctrl-C
+    meanwhile is held, and interrupts in one line with status 130 once run_cli starts main(). Called only
+    under `if __name__ == "__main__":`, so importing the script (tests) changes nothing."""
+    if threading.current_thread() is threading.main_thread() and (
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ):  # left alone when Ctrl-C is ignored (nohup, a background job)
+        signal.signal(signal.SIGINT, _CtrlC(armed=False))
 
 
 def _caused_by_ctrl_c(exc: BaseException) -> bool:
@@ -119,9 +141,13 @@ def _interrupted(main: Callable) -> NoReturn:
 def run_cli(main: Callable[[], object]) -> NoReturn:
     """Run a script's main() the way every script ends: one line per failure, the right exit status.
     main() may return an exit status; anything else it returns (a benchmark's figures) means success."""
-    if _is_script(main) and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _CtrlC())  # left alone when Ctrl-C is ignored (nohup, a background job)
+    handler = signal.getsignal(signal.SIGINT)
+    if _is_script(main) and handler is signal.default_int_handler:
+        handler = _CtrlC()  # left alone when Ctrl-C is ignored (nohup, a background job)
+        signal.signal(signal.SIGINT, handler)
     try:
+        if _is_script(main) and isinstance(handler, _CtrlC):
+            handler.arm()
         code = main()
     except KeyboardInterrupt:
         _interrupted(main)
