@@ -59,7 +59,7 @@ from utils.audio import (
     load_audio,
     resample,
 )
-from utils.config import HelpFormatter, check_output_dir, fail, print_arguments, save_arguments
+from utils.config import HelpFormatter, check_output_dir, fail, print_arguments
 from utils.errors import UserError, run_cli
 from utils.fileio import deferred_interrupt
 
@@ -657,7 +657,9 @@ def find_items(
         skips += bad
         ignored += copies
     if not items:
-        raise DataError("no file has a speaker id: check --dataset_format / --speaker_regex (see the reasons above)")
+        reasons = Counter(f"{skip.category}: {skip.detail}" for skip in skips).most_common(2)
+        why = "; ".join(f"{count} x {reason}" for reason, count in reasons)
+        raise DataError(f"no file could be listed ({why}): check --dataset_format / --speaker_regex")
     known = {item.speaker: (item.tag, item.raw_speaker) for item in items}
     excluded = 0
     if args.speakers:
@@ -811,23 +813,28 @@ def write_outputs(
     test_labels: dict[str, int],
     skips: list[Skip],
 ) -> None:
-    from utils.data import ListError, write_list
-    from utils.fileio import atomic_write_text
+    from utils.data import ListError, format_list
+    from utils.fileio import atomic_write_files
 
     def clean(text: str) -> str:
         text = text.encode("utf-8", "backslashreplace").decode("utf-8")  # a file name that is not UTF-8
         return text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
+    def speaker_map(labels: dict[str, int]) -> str:
+        return "".join(f"{label}\t{speaker}\n" for speaker, label in sorted(labels.items(), key=lambda kv: kv[1]))
+
     out = args.list_dir
     try:
-        write_list(os.path.join(out, "train_list.txt"), [(p, train_labels[s]) for p, s, _ in train_rows])
-        write_list(os.path.join(out, "test_list.txt"), [(p, test_labels[s]) for p, s, _ in test_rows])
-        for name, labels in (("speakers.txt", train_labels), ("test_speakers.txt", test_labels)):
-            text = "".join(f"{label}\t{speaker}\n" for speaker, label in sorted(labels.items(), key=lambda kv: kv[1]))
-            atomic_write_text(os.path.join(out, name), text)
-        lines = "".join(f"{clean(s.path)}\t{s.category}: {clean(s.detail)}\n" for s in sorted(skips))
-        atomic_write_text(os.path.join(out, "skipped.txt"), lines)
-        save_arguments(args, os.path.join(out, "create_data_args.json"))
+        texts = {
+            "train_list.txt": format_list([(p, train_labels[s]) for p, s, _ in train_rows]),
+            "test_list.txt": format_list([(p, test_labels[s]) for p, s, _ in test_rows]),
+            "speakers.txt": speaker_map(train_labels),
+            "test_speakers.txt": speaker_map(test_labels),
+            "skipped.txt": "".join(f"{clean(s.path)}\t{s.category}: {clean(s.detail)}\n" for s in sorted(skips)),
+            "create_data_args.json": json.dumps(vars(args), indent=2, sort_keys=True, default=str) + "\n",
+        }
+        # one set: a failure while writing (a full disk) leaves the previous six files, never a mix
+        atomic_write_files({os.path.join(out, name): text.encode("utf-8") for name, text in texts.items()})
     except ListError as exc:
         raise DataError(str(exc)) from None
     except OSError as exc:

@@ -41,9 +41,9 @@ SKIP_DIRS = {".venv", "tests", ".git", ".gpu", ".whl", "runs", "test_artifacts",
 ALLOWED_WRITES = {
     (
         "utils/fileio.py",
-        "atomic_write_bytes",
+        "_write_temp",
         "os.fdopen(w)",
-    ): "the atomic helper itself (temp file + fsync + rename)",
+    ): "the atomic helpers' temp file (temp file + fsync, then atomic_write_files renames it)",
     ("create_data.py", "convert", "os.fdopen(w)"): "create_data's own atomic WAV writer: mkstemp + fsync + rename, "
     "and it never replaces an existing file (os.replace only when the target is still absent)",
     ("create_data.py", "convert", "sf.write"): "writes into the fdopen'ed temp file of the same atomic WAV writer",
@@ -270,6 +270,38 @@ def test_failed_atomic_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pyt
         atomic_write_bytes(target, b"new" * 1000)
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # no temp file left behind
+
+
+def test_a_set_of_files_is_written_whole_or_not_at_all(
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """create_data.py's six outputs are one set: a rerun that fails on its 4th file (a full disk) once left
+    new lists beside the old label maps (labels read against the wrong speakers)."""
+    import create_data
+
+    corpus = tmp_path / "corpus"
+    for speaker in ("84", "174", "251"):
+        shutil.copytree(shared_data / "librispeech" / "dev-clean" / speaker, corpus / speaker)
+    lists = tmp_path / "lists"
+    args = ["--dataset_dir", str(corpus), "--dataset_format", "folder", "--list_dir", str(lists), "--num_workers", "1"]
+    create_data.main([*args, "--test_mode", "none"])
+    before = {p.name: p.read_bytes() for p in lists.iterdir()}
+    assert len(before) == 6
+
+    real_fsync, calls = os.fsync, []
+
+    def fsync(fd: int) -> None:
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            calls.append(fd)
+            if len(calls) == 4:
+                raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(SystemExit) as failed:
+        create_data.main([*args, "--test_mode", "speakers", "--test_speakers", "2"])  # a different split
+    assert failed.value.code == 1 and "No space left on device" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in lists.iterdir()} == before  # every old file, no temp file
 
 
 WRITER = textwrap.dedent(

@@ -75,12 +75,17 @@ def read_list(path: str | os.PathLike, base_dir: str | os.PathLike | None = None
 
 def write_list(path: str | os.PathLike, items: Iterable[tuple[str, int]]) -> None:
     """Atomically write a list file."""
+    atomic_write_text(path, format_list(items))
+
+
+def format_list(items: Iterable[tuple[str, int]]) -> str:
+    """The text of a list file: `<audio path>\t<label>` lines (a path with a tab or newline is refused)."""
     lines = []
     for audio_path, label in items:
         if "\t" in audio_path or "\n" in audio_path:
             raise ListError(f"audio path contains a tab or newline: {audio_path!r}")
         lines.append(f"{audio_path}\t{int(label)}\n")
-    atomic_write_text(path, "".join(lines))
+    return "".join(lines)
 
 
 def num_classes_of(items: Sequence[tuple[str, int]]) -> int:

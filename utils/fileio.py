@@ -13,7 +13,7 @@ import os
 import signal
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,33 @@ from typing import Any
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old or the new content, never a mix."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_files({path: data})
+
+
+def atomic_write_files(files: Mapping[str | os.PathLike, bytes]) -> None:
+    """Write files that belong together (create_data.py's six lists) as a set: every temporary file is
+    written and fsync'ed first, then all are renamed over their targets with Ctrl-C held. A failure while
+    writing (a full disk) leaves every old file as it was, and no temporary file."""
+    written: list[tuple[str, Path]] = []
+    try:
+        for path, data in files.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            written.append((_write_temp(path, data), path))
+        with deferred_interrupt():
+            for tmp, path in written:
+                os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in written:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        raise
+    for folder in dict.fromkeys(path.parent for _, path in written):
+        fsync_dir(folder)
+
+
+def _write_temp(path: Path, data: bytes) -> str:
+    """`data` in a fsync'ed temporary file beside `path` (removed again if writing fails)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp makes 0600 files; give the file the permissions a plain open() would
@@ -33,14 +58,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(exc, OSError) and exc.filename is None:  # a failed write (full disk) names no file
             raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
-    fsync_dir(path.parent)
+    return tmp
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
