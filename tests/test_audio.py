@@ -250,3 +250,16 @@ def test_speech_detection_refuses_non_speech_and_measures_speech(shared_data: Pa
     assert any("very quiet" in p for p in analyse_speech(speech * 0.003).problems())
     noisy = speech + 0.2 * np.std(speech) * 3 * rng.standard_normal(len(speech)).astype(np.float32)
     assert any("noisy" in p for p in analyse_speech(noisy).problems())
+
+
+def test_a_file_name_that_is_not_utf8_is_read(shared_data: Path, tmp_path: Path) -> None:
+    """Linux names are bytes: soundfile refused such a str ("surrogates not allowed"), so a user's
+    latin-1 named recording could be neither registered, recognised nor compared."""
+    import os
+    import shutil
+
+    name = tmp_path / os.fsdecode(b"caf\xe9.wav")  # latin-1 'café.wav'
+    shutil.copy(shared_data / "seed_samples" / "a_1.wav", name)
+    wav = load_audio(name)
+    assert audio_info(name)[1] == 16000 and len(wav) > 16000
+    np.testing.assert_array_equal(wav, load_audio(shared_data / "seed_samples" / "a_1.wav"))

@@ -68,13 +68,24 @@ def audio_info(path: str | os.PathLike) -> tuple[int, int]:
     path = Path(path)
     _check_path(path)
     try:
-        info = sf.info(str(path))
+        info = sf.info(_native_name(path))
     except Exception as exc:  # soundfile raises several types for bad files
         raise AudioError(f"cannot decode audio file {path}: {_short(exc)}") from None
     frames = int(info.frames)
     if frames >= UNKNOWN_FRAMES:
         raise AudioError(_no_length(path))
     return frames, int(info.samplerate)
+
+
+def _native_name(path: Path) -> str | bytes:
+    """The name soundfile opens: a file name that is not UTF-8 (a surrogate in Python) as the bytes on
+    disk, which soundfile passes through (it refused the str: "surrogates not allowed")."""
+    name = str(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(name)
+    return name
 
 
 def _no_length(name: str | os.PathLike) -> str:
@@ -99,7 +110,7 @@ def load_audio(
     path = Path(path)
     _check_path(path)
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(_native_name(path)) as f:
             source_rate = f.samplerate
             if not MIN_RATE <= source_rate <= MAX_RATE:
                 # a header claiming e.g. 1 Hz would be "resampled" into gigabytes (or minutes of filter design)
