@@ -404,11 +404,12 @@ function showLive(state, decision) {
   const label = $("live");
   label.dataset.label = decision.label;
   label.dataset.time = decision.time.toFixed(2);
+  // by name and score, not label: an older library may hold a speaker called "no speech" or "unknown"
   label.textContent =
-    decision.label === "no speech"
-      ? "no speech"
-      : decision.name
-        ? `now speaking: ${decision.name} (${decision.score.toFixed(2)})`
+    decision.name !== null
+      ? `now speaking: ${decision.name} (${decision.score.toFixed(2)})`
+      : decision.score === null
+        ? "no speech"
         : `now speaking: unknown (best: ${decision.best} ${decision.score.toFixed(2)})`;
   const peak = Math.pow(10, decision.level_dbfs / 20);
   $("live-level-bar").style.width = `${Math.min(100, Math.round(peak * 100))}%`;

@@ -96,3 +96,16 @@ def test_live_cli_through_a_virtual_microphone(library, talk, tmp_path: Path) ->
     measured = latency(timeline, change_in_stream, "ann", "bob")
     print(f"microphone: speaker change -> new label on the command line: {measured:.2f} s")
     assert measured <= MAX_LATENCY
+
+
+def test_a_legacy_speaker_called_no_speech_or_unknown_is_shown_as_recognised() -> None:
+    """Names are reserved now, but an older library may hold them: the text went by the label, so a
+    recognised speaker "no speech" showed as silence."""
+    from utils.live import LiveState
+
+    assert LiveState(2.0, "no speech", "no speech", 0.81, "no speech", 1.4, -20.0).text() == (
+        "now speaking: no speech (0.81)"
+    )
+    assert LiveState(2.0, "unknown", "unknown", 0.7, "unknown", 1.4, -20.0).text() == "now speaking: unknown (0.70)"
+    assert LiveState(2.0, "unknown", None, 0.3, "bob", 1.4, -20.0).text() == "now speaking: unknown (best: bob 0.30)"
+    assert LiveState(2.0, "no speech", None, None, None, 0.0, -60.0).text() == "no speech"

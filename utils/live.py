@@ -38,10 +38,12 @@ class LiveState:
     level_dbfs: float  # peak level of the newest audio, for a meter
 
     def text(self) -> str:
-        if self.label == "no speech":
-            return "no speech"
+        # by `name` and `score`, not `label`: a library older than the reserved names may hold a speaker
+        # called "no speech" or "unknown"
         if self.name is not None:
             return f"now speaking: {self.name} ({self.score:.2f})"
+        if self.score is None:
+            return "no speech"
         return f"now speaking: unknown (best: {self.best} {self.score:.2f})"
 
     def to_dict(self) -> dict:
