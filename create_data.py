@@ -38,7 +38,6 @@ import json
 import math
 import os
 import re
-import signal
 import sys
 import tempfile
 from collections import Counter, defaultdict
@@ -554,9 +553,7 @@ def run_checks(tasks: list[Task], num_workers: int, desc: str) -> list[Result]:
 def _quiet_worker() -> None:
     """Ctrl-C reaches the workers too (each then cleans up its temporary file): their KeyboardInterrupt
     tracebacks are not for the user, who sees the one line "interrupted" from the main process. check_file
-    never raises, so nothing else is written to a worker's Python stderr. A worker is forked while the main
-    process holds Ctrl-C (run_checks), so it puts back the handler that raises KeyboardInterrupt."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    never raises, so nothing else is written to a worker's Python stderr."""
     sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - open for the worker's life
 
 

@@ -304,6 +304,18 @@ def test_a_set_of_files_is_written_whole_or_not_at_all(
     assert {p.name: p.read_bytes() for p in lists.iterdir()} == before  # every old file, no temp file
 
 
+def test_a_set_with_a_folder_in_the_way_changes_nothing(tmp_path: Path) -> None:
+    from utils.fileio import atomic_write_files
+
+    for name in "abc":
+        (tmp_path / f"{name}.txt").write_text("old")
+    (tmp_path / "d.txt").mkdir()
+    with pytest.raises(IsADirectoryError):
+        atomic_write_files({tmp_path / f"{name}.txt": b"new" for name in "abcd"})
+    assert [(tmp_path / f"{name}.txt").read_text() for name in "abc"] == ["old"] * 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt", "c.txt", "d.txt"]
+
+
 WRITER = textwrap.dedent(
     """
     import hashlib, sys, types

@@ -249,3 +249,77 @@ def test_server_on_a_port_in_use_fails_in_one_line(tmp_path: Path) -> None:
         f"error: cannot listen on 127.0.0.1:{port}: Address already in use: another server is running there "
         "(choose one with --port)\n"
     ), result.stderr[-2000:]
+
+
+WORKER_HANDLER_SCRIPT = """
+import signal, sys, torch
+from utils.data import start_batches
+from utils.errors import run_cli
+
+class Handlers(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+    def __getitem__(self, i):
+        handler = signal.getsignal(signal.SIGINT)
+        return f"{getattr(handler, '__name__', type(handler).__name__)} {getattr(handler, 'depth', '-')}"
+
+def main():
+    loader = torch.utils.data.DataLoader(Handlers(), batch_size=None, num_workers=2)
+    print(sorted(set(start_batches(loader))))
+
+if sys.argv[1] == "script":
+    run_cli(main)
+else:
+    main()
+"""
+
+
+@pytest.mark.parametrize("mode, expected", [("script", "['_CtrlC 0']"), ("library", "['default_int_handler -']")])
+def test_workers_forked_while_ctrl_c_is_held_do_not_keep_the_hold(mode: str, expected: str) -> None:
+    """DataLoader and pool workers are forked inside a hold: they kept its handler for life, so Ctrl-C could
+    not stop them (torch waited 5 s for each busy worker), and with Ctrl-C ignored a pool worker died."""
+    proc = subprocess.run([sys.executable, "-c", WORKER_HANDLER_SCRIPT, mode], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.strip() == expected, (proc.stdout, proc.stderr[-1000:])
+
+
+def test_ctrl_c_in_a_hung_import_still_interrupts(tmp_path: Path) -> None:
+    """A press held during an import is raised anyway after a few seconds: an import that never ends
+    (a dead network file system) must not make Ctrl-C useless."""
+    (tmp_path / "hung_module.py").write_text("import time\nwhile True:\n    time.sleep(0.1)\n")
+    script = (
+        f"import sys\nsys.path.insert(0, {str(tmp_path)!r})\nfrom utils.errors import run_cli\n"
+        "def main():\n    import hung_module\nrun_cli(main)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    try:
+        err = proc.communicate(timeout=30)[1]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("Ctrl-C did not stop a script stuck in an import")
+    assert proc.returncode == 130 and err.strip() == "interrupted", (proc.returncode, err[-1000:])
+
+
+def test_deferred_interrupt_keeps_an_ignored_ctrl_c_ignored_and_raises_once_when_nested() -> None:
+    import os
+
+    from utils.fileio import deferred_interrupt
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with deferred_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+    finally:
+        signal.signal(signal.SIGINT, previous)  # nothing raised: ignored stays ignored
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_interrupt():
+            with deferred_interrupt():  # an atomic write inside the library's commit
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+            steps.append("after the inner block")  # the outer block's work is not cut short
+    assert steps == ["after the inner block"]
+    assert signal.getsignal(signal.SIGINT) is previous

@@ -17,7 +17,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import NoReturn
 
 
@@ -65,47 +66,156 @@ def _importing(frame: object) -> bool:
 
 class _CtrlC:
     """A script's SIGINT handler: Ctrl-C raises KeyboardInterrupt as usual, except while a module is being
-    imported, or before run_cli has started main() (hold_ctrl_c_until_main). torch's import runs Python
-    code called from C++ (pybind11); a KeyboardInterrupt raised there cannot cross back and aborts the
-    process (std::terminate, status -6, seen in CI at 0.37 s into a run); one raised among a script's
-    top-level imports is a traceback. So such a keypress is held and re-sent every 50 ms until it can
-    interrupt (torch's import takes ~1 s). A second press within 0.5 s of the one that raised is ignored:
-    the first is already winding the script down, and a second KeyboardInterrupt in that cleanup would
-    print a traceback."""
+    imported, inside a deferred_interrupt block, or before run_cli has started main() (hold_ctrl_c_until_main).
+    torch's import runs Python code called from C++ (pybind11); a KeyboardInterrupt raised there cannot
+    cross back and aborts the process (std::terminate, status -6, seen in CI at 0.37 s into a run); one
+    raised among a script's top-level imports is a traceback. So such a keypress is held and re-sent every
+    50 ms until it can interrupt (torch's import takes ~1 s); after 3 s it interrupts anyway (a hung import
+    must not make Ctrl-C useless). A block's end raises a press held in it at once. A second press within
+    0.5 s of the one that raised is ignored: the first is already winding the script down, and a second
+    KeyboardInterrupt in that cleanup would print a traceback."""
 
     RESEND_SECONDS = 0.05
     REPEAT_SECONDS = 0.5
+    HOLD_LIMIT_SECONDS = 3.0
 
     def __init__(self, armed: bool = True) -> None:
         self.armed = armed  # main() is running under run_cli: an interrupt now is reported in one line
-        self.held = False
+        self.depth = 0  # deferred_interrupt blocks open
+        self.held_since: float | None = None  # when the press now held arrived
         self.raised_at = -math.inf
+        self.resending = False
 
     def __call__(self, signum: int, frame: object) -> None:
-        if time.monotonic() - self.raised_at < self.REPEAT_SECONDS:
+        now = time.monotonic()
+        if now - self.raised_at < self.REPEAT_SECONDS:
             return
-        if self.armed and not _importing(frame):
+        if self.held_since is None:
+            self.held_since = now
+        if self.depth:
+            return  # the block's end raises it
+        if (self.armed and not _importing(frame)) or now - self.held_since >= self.HOLD_LIMIT_SECONDS:
             self._raise()
-        if not self.held:
-            self.held = True
-            threading.Thread(target=self._resend, name="ctrl-c-resend", daemon=True).start()
+        self._start_resending()
 
     def arm(self) -> None:
         """Called by run_cli inside its try: a press held since the script started interrupts now."""
         self.armed = True
-        if self.held:
+        if self.held_since is not None and not self.depth:
             self._raise()
 
+    def hold(self) -> None:
+        self.depth += 1
+
+    def release(self, interrupt: bool) -> None:
+        """End of a deferred_interrupt block: a press held in it interrupts now (or, inside an import, as soon
+        as the import is over). When the block failed, its error is what the user sees: the press is dropped."""
+        self.depth -= 1
+        if self.depth or self.held_since is None:
+            return
+        if not interrupt:
+            self.held_since = None
+            return
+        if self.armed and not _importing(sys._getframe(1)):
+            self._raise()
+        self._start_resending()
+
+    def reset_after_fork(self) -> None:
+        """In a process forked inside a hold (a pool or loader worker): no hold, no press, no resend thread."""
+        self.depth, self.held_since, self.resending = 0, None, False
+
     def _raise(self) -> NoReturn:
-        self.held = False
+        self.held_since = None
         self.raised_at = time.monotonic()
         raise KeyboardInterrupt
 
+    def _start_resending(self) -> None:
+        if not self.resending:
+            self.resending = True
+            threading.Thread(target=self._resend, name="ctrl-c-resend", daemon=True).start()
+
     def _resend(self) -> None:
-        while self.held:
+        while self.held_since is not None:
             time.sleep(self.RESEND_SECONDS)
-            if self.held:
-                os.kill(os.getpid(), signal.SIGINT)
+            if self.held_since is not None and not self.depth and signal.getsignal(signal.SIGINT) is self:
+                _send_ctrl_c()
+        self.resending = False
+
+
+def _send_ctrl_c() -> None:
+    """SIGINT to this process. os.kill reaches the main thread even while it sleeps in a system call; on
+    Windows os.kill(SIGINT) would terminate the process, raise_signal runs the handler instead."""
+    if os.name == "nt":
+        signal.raise_signal(signal.SIGINT)
+    else:
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+class _Holder:
+    """The SIGINT handler inside a deferred_interrupt block when no _CtrlC is installed (library use)."""
+
+    def __init__(self, previous: object) -> None:
+        self.previous = previous if previous is not None else signal.default_int_handler
+        self.received = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.received = True
+
+
+@contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, then raise KeyboardInterrupt: a few renames that belong
+    together are never cut in half by a keypress, and a worker process is never forked half-registered.
+    An ignored Ctrl-C stays ignored; a nested block leaves the raise to the outer one; a process forked
+    in the block gets the handler from before it. Only the main thread can own signals; elsewhere a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    current = signal.getsignal(signal.SIGINT)
+    if current is signal.SIG_IGN or isinstance(current, _Holder):
+        yield
+        return
+    _watch_forks()
+    if isinstance(current, _CtrlC):
+        current.hold()
+        try:
+            yield
+        except BaseException:
+            current.release(interrupt=False)
+            raise
+        current.release(interrupt=True)
+        return
+    holder = _Holder(current)
+    signal.signal(signal.SIGINT, holder)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, holder.previous)
+    if holder.received:
+        raise KeyboardInterrupt
+
+
+_forks_watched = False
+
+
+def _watch_forks() -> None:
+    global _forks_watched
+    if not _forks_watched and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+        _forks_watched = True
+
+
+def _after_fork_in_child() -> None:
+    """Pool and DataLoader workers are forked inside a hold: they must not keep it for their life (Ctrl-C
+    could not stop them, and torch waits 5 s for each busy worker at shutdown)."""
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        if isinstance(handler, _Holder):
+            signal.signal(signal.SIGINT, handler.previous)
+        elif isinstance(handler, _CtrlC):
+            handler.reset_after_fork()
+    except ValueError:  # not the main thread of the child (cannot happen after fork, but never fail a fork)
+        pass
 
 
 def hold_ctrl_c_until_main() -> None:
@@ -115,6 +225,7 @@ def hold_ctrl_c_until_main() -> None:
     if threading.current_thread() is threading.main_thread() and (
         signal.getsignal(signal.SIGINT) is signal.default_int_handler
     ):  # left alone when Ctrl-C is ignored (nohup, a background job)
+        _watch_forks()
         signal.signal(signal.SIGINT, _CtrlC(armed=False))
 
 
@@ -144,6 +255,7 @@ def run_cli(main: Callable[[], object]) -> NoReturn:
     handler = signal.getsignal(signal.SIGINT)
     if _is_script(main) and handler is signal.default_int_handler:
         handler = _CtrlC()  # left alone when Ctrl-C is ignored (nohup, a background job)
+        _watch_forks()
         signal.signal(signal.SIGINT, handler)
     try:
         if _is_script(main) and isinstance(handler, _CtrlC):

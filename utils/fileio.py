@@ -8,15 +8,25 @@ temp file a killed writer leaves behind is removed by `remove_stale_temp_files`.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import signal
 import tempfile
-import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from utils.errors import deferred_interrupt  # re-exported: callers hold Ctrl-C around renames
+
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_files",
+    "atomic_write_json",
+    "atomic_write_text",
+    "deferred_interrupt",
+    "fsync_dir",
+    "remove_stale_temp_files",
+]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -28,22 +38,25 @@ def atomic_write_files(files: Mapping[str | os.PathLike, bytes]) -> None:
     """Write files that belong together (create_data.py's six lists) as a set: every temporary file is
     written and fsync'ed first, then all are renamed over their targets with Ctrl-C held. A failure while
     writing (a full disk) leaves every old file as it was, and no temporary file."""
+    targets = [Path(path) for path in files]
+    for path in targets:
+        if path.is_dir():  # checked before anything is written: a rename onto it would fail half-way
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
     written: list[tuple[str, Path]] = []
     try:
-        for path, data in files.items():
-            path = Path(path)
+        for path, data in zip(targets, files.values()):
             path.parent.mkdir(parents=True, exist_ok=True)
             written.append((_write_temp(path, data), path))
         with deferred_interrupt():
             for tmp, path in written:
                 os.replace(tmp, path)
+            for folder in dict.fromkeys(path.parent for _, path in written):
+                fsync_dir(folder)
     except BaseException:
         for tmp, _ in written:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         raise
-    for folder in dict.fromkeys(path.parent for _, path in written):
-        fsync_dir(folder)
 
 
 def _write_temp(path: Path, data: bytes) -> str:
@@ -99,20 +112,3 @@ def fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-@contextmanager
-def deferred_interrupt() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) until the block ends, then raise KeyboardInterrupt: a few renames that belong
-    together are never cut in half by a keypress. Only the main thread can own signals; elsewhere a no-op."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
-    if received:
-        raise KeyboardInterrupt
