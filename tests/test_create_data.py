@@ -18,6 +18,7 @@ import pytest
 import soundfile as sf
 
 import create_data
+from tests.test_errors import kill_leftovers
 from utils.data import read_list
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -351,12 +352,7 @@ def test_ctrl_c_while_the_workers_start_leaves_no_process_behind(shared_data: Pa
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
         status = proc.wait(timeout=60)
-        time.sleep(0.3)
-        try:  # anything still alive in the script's session is a leftover worker
-            os.killpg(proc.pid, signal.SIGKILL)
-            left_behind = True
-        except ProcessLookupError:
-            left_behind = False
+        left_behind = kill_leftovers(proc)
         err += proc.stderr.read()
         proc.stderr.close()
         assert not left_behind and status == 130, (delay, status, err.decode(errors="replace")[-800:])

@@ -113,22 +113,16 @@ run_cli(main)
 def test_ctrl_c_while_loader_workers_fork_interrupts_cleanly(tmp_path: Path) -> None:
     """With iter(loader), a Ctrl-C as the workers forked was lost (eval.py ran on to exit 0), printed an
     AttributeError traceback from the half-built iterator, or left workers alive (20 tries: 18 went wrong)."""
-    import os
-    import signal
     import subprocess
     import sys
-    import time
+
+    from tests.test_errors import kill_leftovers
 
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen([sys.executable, "-c", LOADER_SCRIPT.replace("ITERATE", "start_batches")], cwd=root,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
     status = proc.wait(timeout=120)
-    time.sleep(0.3)
-    try:  # anything still alive in the script's session is a leftover worker
-        os.killpg(proc.pid, signal.SIGKILL)
-        left_behind = True
-    except ProcessLookupError:
-        left_behind = False
+    left_behind = kill_leftovers(proc)
     out, err = proc.stdout.read(), proc.stderr.read()
     proc.stdout.close()
     proc.stderr.close()

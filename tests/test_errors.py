@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import subprocess
 import sys
@@ -107,6 +108,26 @@ def test_ctrl_c_in_every_script_is_one_line_and_130(moment: float, shared_data: 
             assert err.strip().splitlines()[-1].endswith("interrupted"), (script, err[-500:])
 
 
+def assert_interrupted_after(script: str, printed: str) -> None:
+    """`script` (which sends itself a Ctrl-C, then sleeps 30 s in main) printed `printed`, then was
+    interrupted in one line with status 130, long before the sleep ended."""
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130 and proc.stdout == printed, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stderr.strip() == "interrupted" and time.monotonic() - started < 20
+
+
+def kill_leftovers(proc: subprocess.Popen) -> bool:
+    """After `proc` (started with start_new_session=True) exited: True if anything of its session was still
+    alive (a worker left behind), which is then killed."""
+    time.sleep(0.3)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+        return True
+    except ProcessLookupError:
+        return False
+
+
 def test_ctrl_c_during_an_import_waits_for_the_import(tmp_path: Path) -> None:
     """A KeyboardInterrupt raised inside torch's import (Python called from C++ by pybind11) aborted the
     process (status -6, a C++ 'terminate called' message: CI, Ctrl-C 0.3 s into infer_recognition.py). A
@@ -118,10 +139,7 @@ def test_ctrl_c_during_an_import_waits_for_the_import(tmp_path: Path) -> None:
         f"import sys, time\nsys.path.insert(0, {str(tmp_path)!r})\nfrom utils.errors import run_cli\n"
         "def main():\n    import slow_module\n    time.sleep(30)\n    print('not interrupted')\nrun_cli(main)\n"
     )
-    started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 130 and proc.stdout == "imported\n", (proc.returncode, proc.stdout, proc.stderr)
-    assert proc.stderr.strip() == "interrupted" and time.monotonic() - started < 20
+    assert_interrupted_after(script, "imported\n")
 
 
 def test_ctrl_c_before_main_starts_is_held_for_main() -> None:
@@ -132,10 +150,7 @@ def test_ctrl_c_before_main_starts_is_held_for_main() -> None:
         "import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(0.3)\nprint('top level ran')\n"
         "def main():\n    time.sleep(30)\n    print('not interrupted')\nrun_cli(main)\n"
     )
-    started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 130 and proc.stdout == "top level ran\n", (proc.returncode, proc.stdout, proc.stderr)
-    assert proc.stderr.strip() == "interrupted" and time.monotonic() - started < 20
+    assert_interrupted_after(script, "top level ran\n")
 
 
 def test_a_second_ctrl_c_while_the_first_winds_down_is_ignored() -> None:
@@ -303,8 +318,6 @@ def test_ctrl_c_in_a_hung_import_still_interrupts(tmp_path: Path) -> None:
 
 
 def test_deferred_interrupt_keeps_an_ignored_ctrl_c_ignored_and_raises_once_when_nested() -> None:
-    import os
-
     from utils.fileio import deferred_interrupt
 
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
