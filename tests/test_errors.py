@@ -298,13 +298,20 @@ def test_workers_forked_while_ctrl_c_is_held_do_not_keep_the_hold(mode: str, exp
     assert proc.returncode == 0 and proc.stdout.strip() == expected, (proc.stdout, proc.stderr[-1000:])
 
 
-def test_ctrl_c_in_a_hung_import_still_interrupts(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["main", "top level"])
+def test_ctrl_c_in_a_hung_import_still_interrupts(where: str, tmp_path: Path) -> None:
     """A press held during an import is raised anyway after a few seconds: an import that never ends
-    (a dead network file system) must not make Ctrl-C useless."""
+    (a dead network file system) must not make Ctrl-C useless. Before main() it printed a traceback."""
     (tmp_path / "hung_module.py").write_text("import time\nwhile True:\n    time.sleep(0.1)\n")
     script = (
-        f"import sys\nsys.path.insert(0, {str(tmp_path)!r})\nfrom utils.errors import run_cli\n"
-        "def main():\n    import hung_module\nrun_cli(main)\n"
+        f"import sys\nsys.path.insert(0, {str(tmp_path)!r})\n"
+        "from utils.errors import hold_ctrl_c_until_main, run_cli\nhold_ctrl_c_until_main()\n"
+        + (
+            "def main():\n    import hung_module\n"
+            if where == "main"
+            else "import hung_module\ndef main():\n    pass\n"
+        )
+        + "run_cli(main)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stderr=subprocess.PIPE, text=True)
     time.sleep(1.0)
@@ -336,3 +343,18 @@ def test_deferred_interrupt_keeps_an_ignored_ctrl_c_ignored_and_raises_once_when
             steps.append("after the inner block")  # the outer block's work is not cut short
     assert steps == ["after the inner block"]
     assert signal.getsignal(signal.SIGINT) is previous
+
+
+def test_deferred_interrupt_hands_a_held_press_to_an_applications_own_handler() -> None:
+    from utils.fileio import deferred_interrupt
+
+    pressed: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        with deferred_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            assert pressed == []  # held
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert pressed == [signal.SIGINT]  # then delivered to it, not turned into a KeyboardInterrupt

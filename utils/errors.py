@@ -70,8 +70,9 @@ class _CtrlC:
     torch's import runs Python code called from C++ (pybind11); a KeyboardInterrupt raised there cannot
     cross back and aborts the process (std::terminate, status -6, seen in CI at 0.37 s into a run); one
     raised among a script's top-level imports is a traceback. So such a keypress is held and re-sent every
-    50 ms until it can interrupt (torch's import takes ~1 s); after 3 s it interrupts anyway (a hung import
-    must not make Ctrl-C useless). A block's end raises a press held in it at once. A second press within
+    50 ms until it can interrupt (torch's import takes ~1 s). After 3 s it interrupts anyway, so that a hung
+    import cannot make Ctrl-C useless (before main() starts, with nothing to clean up, by exiting at once
+    with "interrupted" and 130). A block's end raises a press held in it at once. A second press within
     0.5 s of the one that raised is ignored: the first is already winding the script down, and a second
     KeyboardInterrupt in that cleanup would print a traceback."""
 
@@ -94,8 +95,11 @@ class _CtrlC:
             self.held_since = now
         if self.depth:
             return  # the block's end raises it
-        if (self.armed and not _importing(frame)) or now - self.held_since >= self.HOLD_LIMIT_SECONDS:
+        if self.armed and (not _importing(frame) or now - self.held_since >= self.HOLD_LIMIT_SECONDS):
             self._raise()
+        if now - self.held_since >= self.HOLD_LIMIT_SECONDS:  # a hung top-level import: nothing to clean up yet
+            print("\ninterrupted", file=sys.stderr)
+            os._exit(130)
         self._start_resending()
 
     def arm(self) -> None:
@@ -110,7 +114,7 @@ class _CtrlC:
     def release(self, interrupt: bool) -> None:
         """End of a deferred_interrupt block: a press held in it interrupts now (or, inside an import, as soon
         as the import is over). When the block failed, its error is what the user sees: the press is dropped."""
-        self.depth -= 1
+        self.depth = max(self.depth - 1, 0)  # 0 already in a child forked inside the block
         if self.depth or self.held_since is None:
             return
         if not interrupt:
@@ -135,11 +139,15 @@ class _CtrlC:
             threading.Thread(target=self._resend, name="ctrl-c-resend", daemon=True).start()
 
     def _resend(self) -> None:
-        while self.held_since is not None:
-            time.sleep(self.RESEND_SECONDS)
-            if self.held_since is not None and not self.depth and signal.getsignal(signal.SIGINT) is self:
-                _send_ctrl_c()
-        self.resending = False
+        while True:
+            while self.held_since is not None:
+                time.sleep(self.RESEND_SECONDS)
+                if self.held_since is not None and not self.depth and signal.getsignal(signal.SIGINT) is self:
+                    _send_ctrl_c()
+            self.resending = False
+            if self.held_since is None or self.resending:
+                return
+            self.resending = True  # a press arrived as this thread was ending: it is this thread's
 
 
 def _send_ctrl_c() -> None:
@@ -192,7 +200,10 @@ def deferred_interrupt() -> Iterator[None]:
     finally:
         signal.signal(signal.SIGINT, holder.previous)
     if holder.received:
-        raise KeyboardInterrupt
+        if callable(holder.previous):  # Python's default raises KeyboardInterrupt; an application's runs
+            holder.previous(signal.SIGINT, sys._getframe())
+        else:  # SIG_DFL: the press would have ended the process
+            raise KeyboardInterrupt
 
 
 _forks_watched = False
