@@ -36,10 +36,12 @@ if __name__ == "__main__":  # first, before the heavy imports below: a Ctrl-C wh
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import hmac
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +66,7 @@ MULTIPART_SLACK = 64 * 1024  # boundaries, part headers and the name field on to
 # how many audio files each endpoint takes: its request body may hold that many --max_upload_mb files
 LIVE_MESSAGE_BYTES = 64000  # 2 s of 16 kHz 16-bit audio per WebSocket message at most
 LIVE_MAX_SECONDS = 4 * 3600.0  # one live session
+LIVE_MAX_SESSIONS = 8  # live sessions at once (each holds a recogniser and its queue of messages)
 REGISTER_BODY_FILES = 4  # a registration's whole body holds at most this many --max_upload_mb files' worth
 FILES_PER_REQUEST = {"/contrast": 2, "/recognize": 1, "/register": REGISTER_BODY_FILES}
 
@@ -303,7 +306,9 @@ class _Guard:
         if scope["type"] == "websocket":
             # a WebSocket ignores CORS: any page may open one, so its Origin must be this server's
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
-            refusal = self.refusal({**scope, "method": "POST", "scheme": "http"}, headers, websocket=True)
+            # wss behind an HTTPS proxy (X-Forwarded-Proto) is an https page's origin, ws an http one's
+            scheme = "https" if scope.get("scheme") == "wss" else "http"
+            refusal = self.refusal({**scope, "method": "POST", "scheme": scheme}, headers, websocket=True)
             if refusal is not None:
                 await send({"type": "websocket.close", "code": 1008, "reason": refusal[1][:120]})
                 return
@@ -392,6 +397,7 @@ class Service:
     db_lock: threading.RLock = field(default_factory=threading.RLock)
     threshold_given: bool = False  # --threshold: calibration never replaces it
     decode_slot: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(2))
+    live_sessions: int = 0  # open /live WebSockets (changed on the event loop only)
 
     def contrast_threshold(self, speech_seconds: float) -> float:
         """The 1:1 threshold for a pair whose shorter recording holds `speech_seconds` of speech: a calibrated
@@ -617,6 +623,10 @@ async def live(websocket: WebSocket) -> None:
 
     svc: Service = websocket.app.state.service
     await websocket.accept()
+    if svc.live_sessions >= LIVE_MAX_SESSIONS:
+        await websocket.close(code=1013, reason=f"{LIVE_MAX_SESSIONS} live sessions are open: try again later")
+        return
+    svc.live_sessions += 1
     recognizer = LiveRecognizer(svc.db)
     try:
         while True:
@@ -644,6 +654,8 @@ async def live(websocket: WebSocket) -> None:
                 await websocket.send_json(state.to_dict())
     except WebSocketDisconnect:
         return
+    finally:
+        svc.live_sessions -= 1
 
 
 # the app
@@ -844,8 +856,28 @@ def main(argv: list[str] | None = None) -> None:
     print(f"page: http://{args.host}:{args.port}/   API docs: http://{args.host}:{args.port}/docs", flush=True)
 
     # service
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5,
-                http=timed_protocol(min(10.0, args.request_timeout)))  # fmt: skip
+    # WebSocket messages: no compression and uvicorn's own size limit at ours (it accepted 16 MiB
+    # permessage-deflate messages, inflated and queued before /live could refuse them: 1 MB sent, 450 MB held)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5,
+                            http=timed_protocol(min(10.0, args.request_timeout)), ws_max_size=LIVE_MESSAGE_BYTES,
+                            ws_per_message_deflate=False)  # fmt: skip
+    for name in ("uvicorn.access", "uvicorn.error"):  # after uvicorn.Config has set up its logging
+        logging.getLogger(name).addFilter(hide_api_key)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn's graceful shutdown, then exit 0
+        uvicorn.Server(config).run()
+
+
+KEY_IN_QUERY = re.compile(r"(?i)([?&]key=)[^&\s\"]*")
+
+
+def hide_api_key(record: logging.LogRecord) -> bool:
+    """uvicorn logs each request's path with its query string, and the page's WebSocket has to send the API
+    key as ?key= (a browser cannot set its headers): the key never reaches the log."""
+    if isinstance(record.args, tuple):
+        record.args = tuple(KEY_IN_QUERY.sub(r"\1***", arg) if isinstance(arg, str) else arg for arg in record.args)
+    if isinstance(record.msg, str):
+        record.msg = KEY_IN_QUERY.sub(r"\1***", record.msg)
+    return True
 
 
 if __name__ == "__main__":

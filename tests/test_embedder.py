@@ -93,6 +93,22 @@ def test_integer_pcm_is_scaled(embedder: Embedder, shared_data: Path) -> None:
     assert cosine(embedder.embed_array(pcm), embedder.embed_array(voice)) > 0.999
 
 
+def test_float_audio_far_beyond_full_scale_is_scaled_back(
+    embedder: Embedder, shared_data: Path, tmp_path: Path
+) -> None:
+    """A float file written at integer scale (or x1e20) gave NaN scores (the server answered 200 with a null
+    score and an arbitrary 'best' speaker): its squared samples overflowed float32 in the features."""
+    import soundfile as sf
+
+    voice = speech_of(shared_data, "84", 4)
+    reference = embedder.embed_array(voice)
+    for scale in (32768.0, 1e20):
+        path = tmp_path / f"loud_{scale:g}.wav"
+        sf.write(path, voice * scale, 16000, subtype="FLOAT")
+        for emb in (embedder.embed_file(path), embedder.embed_array((voice * scale).astype(np.float32))):
+            assert np.isfinite(emb).all() and cosine(emb, reference) > 0.99, scale
+
+
 def test_onnx_engine_gives_the_torch_embeddings(embedder: Embedder, shared_data: Path) -> None:
     """engine="onnx" exports the .pt backbone in memory and runs it in ONNX Runtime: same embeddings."""
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -r requirements.txt)")

@@ -408,6 +408,33 @@ def test_live_websocket_follows_the_speaker_and_refuses_other_origins(server, en
         assert reason in closed.value.rcvd.reason
 
 
+def test_live_websocket_limits_and_an_https_proxy(server) -> None:
+    """Found by a security review: uvicorn took 16 MiB compressed messages and inflated them before /live
+    could refuse them (1 MB sent, 450 MB held, any number of sessions); behind an HTTPS proxy (X-Forwarded-Proto,
+    from loopback) the page's wss:// session was refused as another origin."""
+    import contextlib
+
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+    from websockets.sync.client import connect
+
+    from infer_server import LIVE_MAX_SESSIONS
+
+    url = f"ws://127.0.0.1:{server.port}/live"
+    with contextlib.ExitStack() as stack:
+        sessions = [stack.enter_context(connect(url, origin=server.url)) for _ in range(LIVE_MAX_SESSIONS)]
+        assert all(not s.protocol.extensions for s in sessions)  # permessage-deflate offered, not negotiated
+        with connect(url, origin=server.url) as extra:
+            with pytest.raises(ConnectionClosed) as closed:
+                extra.recv(timeout=30)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013, closed.value
+    proxied = {"X-Forwarded-Proto": "https"}
+    with connect(url, origin=f"https://127.0.0.1:{server.port}", additional_headers=proxied) as socket:
+        socket.send(b"\0\0" * 4000)
+        assert json.loads(socket.recv(timeout=60))["label"] == "no speech"
+    with pytest.raises(InvalidStatus):  # an http page's origin is not an https server's
+        connect(url, origin=server.url, additional_headers=proxied)
+
+
 def test_library_is_shared_with_infer_recognition(server, enrolled) -> None:
     # after the server stopped, a SpeakerDB on the same folder (what infer_recognition.py opens) has everyone;
     # opened without a model (listing only) so this test does not pay for a second torch start-up
@@ -436,6 +463,13 @@ def test_api_key(tmp_path: Path) -> None:
         _assert_error(http.get("/speakers", headers={"Authorization": "Bearer wrong"}), 401, "API key")
         assert http.get("/speakers", headers={"Authorization": f"Bearer {key}"}).json() == {"speakers": {}}
         assert http.get("/health").status_code == 200 and http.get("/").status_code == 200  # the page asks for it
+        # the page's WebSocket can only send the key as ?key=: uvicorn logged it with every session
+        from websockets.sync.client import connect
+
+        with connect(f"ws://127.0.0.1:{proc.port}/live?key={key}", origin=proc.url) as socket:
+            socket.send(b"\0\0" * 4000)
+            assert json.loads(socket.recv(timeout=60))["label"] == "no speech"
+        assert "/live?key=***" in proc.log(tail=0) and key not in proc.log(tail=0), proc.log()
     refused = subprocess.run([sys.executable, "infer_server.py", "--host", "0.0.0.0", "--audio_db", str(tmp_path)],
                              cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert refused.returncode == 1 and "set --api_key" in refused.stderr.strip().splitlines()[-1]

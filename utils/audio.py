@@ -88,6 +88,15 @@ def _native_name(path: Path) -> str | bytes:
     return name
 
 
+def within_full_scale(wav: np.ndarray) -> np.ndarray:
+    """Float samples far beyond full scale (a float file written at integer scale, +-32768, or a
+    x1e20 one) scaled back to a peak of 1: squared in the features they overflowed float32 into NaN
+    scores, and the library's 16-bit copy would have clipped them to a square wave. A few overs from
+    float processing (peak up to 2) are left as they are."""
+    peak = float(np.max(np.abs(wav))) if len(wav) else 0.0
+    return (wav / np.float32(peak)).astype(np.float32) if peak > 2.0 else wav
+
+
 def _no_length(name: str | os.PathLike) -> str:
     """libsndfile reads no FLAC whose header leaves the length open ("Internal psf_fseek() failed"), and
     soundfile would size one array by the 2**63 - 1 frames it reports (all memory, then the OOM killer)."""
@@ -135,6 +144,7 @@ def load_audio(
     if not np.isfinite(data).all():  # checked before the downmix, which would turn inf - inf into a NaN warning
         raise AudioError(f"audio file {path} contains NaN or infinite samples")
     wav = data.mean(axis=1, dtype=np.float64).astype(np.float32) if data.shape[1] > 1 else data[:, 0]
+    wav = within_full_scale(wav)
     wav = resample(wav, source_rate, sample_rate)
     if vad:
         wav = trim_silence(wav, sample_rate)
@@ -278,7 +288,7 @@ def prepare_recording(
             wav = to_mono(source)
         if not np.isfinite(wav).all():
             raise AudioError(f"{name} contains NaN or infinite samples")
-        wav = resample(wav, int(sample_rate), SAMPLE_RATE)
+        wav = resample(within_full_scale(wav), int(sample_rate), SAMPLE_RATE)
     report = check_speech(wav, SAMPLE_RATE, min_seconds, name, min_speech_seconds)
     return Recording(np.ascontiguousarray(wav, dtype=np.float32), report)
 
