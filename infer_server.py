@@ -627,8 +627,8 @@ async def live(websocket: WebSocket) -> None:
         await websocket.close(code=1013, reason=f"{LIVE_MAX_SESSIONS} live sessions are open: try again later")
         return
     svc.live_sessions += 1
-    recognizer = LiveRecognizer(svc.db)
     try:
+        recognizer = LiveRecognizer(svc.db)
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
@@ -818,6 +818,19 @@ def check_listen_address(host: str, port: int) -> None:
             fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}")
 
 
+KEY_IN_QUERY = re.compile(r"(?i)([?&]key=)[^&\s\"]*")
+
+
+def hide_api_key(record: logging.LogRecord) -> bool:
+    """uvicorn logs each request's path with its query string, and the page's WebSocket has to send the API
+    key as ?key= (a browser cannot set its headers): the key never reaches the log."""
+    if isinstance(record.args, tuple):
+        record.args = tuple(KEY_IN_QUERY.sub(r"\1***", arg) if isinstance(arg, str) else arg for arg in record.args)
+    if isinstance(record.msg, str):
+        record.msg = KEY_IN_QUERY.sub(r"\1***", record.msg)
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.verbose:
@@ -865,19 +878,6 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger(name).addFilter(hide_api_key)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn's graceful shutdown, then exit 0
         uvicorn.Server(config).run()
-
-
-KEY_IN_QUERY = re.compile(r"(?i)([?&]key=)[^&\s\"]*")
-
-
-def hide_api_key(record: logging.LogRecord) -> bool:
-    """uvicorn logs each request's path with its query string, and the page's WebSocket has to send the API
-    key as ?key= (a browser cannot set its headers): the key never reaches the log."""
-    if isinstance(record.args, tuple):
-        record.args = tuple(KEY_IN_QUERY.sub(r"\1***", arg) if isinstance(arg, str) else arg for arg in record.args)
-    if isinstance(record.msg, str):
-        record.msg = KEY_IN_QUERY.sub(r"\1***", record.msg)
-    return True
 
 
 if __name__ == "__main__":
