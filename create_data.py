@@ -58,9 +58,9 @@ from utils.audio import (
     load_audio,
     resample,
 )
-from utils.config import HelpFormatter, check_output_dir, fail, print_arguments
+from utils.config import HelpFormatter, arguments_json, check_output_dir, fail, print_arguments
 from utils.errors import UserError, run_cli
-from utils.fileio import deferred_interrupt
+from utils.fileio import deferred_interrupt, is_utf8
 
 FORMATS = ("zhvoice", "folder", "flat")
 CONVERTED_SUFFIX = ".16k.wav"  # name of the conversion of a source that is itself a .wav
@@ -244,15 +244,6 @@ def bad_text(text: str) -> bool:
     return "\t" in text or "\n" in text or "\r" in text
 
 
-def utf8(text: str) -> bool:
-    """False for a name with bytes that are not UTF-8 (Python keeps them as surrogates)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def discover(
     root: str,
     fmt: str,
@@ -276,7 +267,7 @@ def discover(
         if bad_text(path) or bad_text(speaker):
             skips.append(Skip(path, "bad name", "the path or speaker id contains a tab or newline"))
             return
-        if not utf8(path) or not utf8(speaker):  # list files are UTF-8 text
+        if not is_utf8(path) or not is_utf8(speaker):  # list files are UTF-8 text
             skips.append(Skip(path, "bad name", "the path or speaker id is not valid UTF-8"))
             return
         full = f"{tag}/{speaker}" if multi else speaker
@@ -828,10 +819,11 @@ def write_outputs(
             "speakers.txt": speaker_map(train_labels),
             "test_speakers.txt": speaker_map(test_labels),
             "skipped.txt": "".join(f"{clean(s.path)}\t{s.category}: {clean(s.detail)}\n" for s in sorted(skips)),
-            "create_data_args.json": json.dumps(vars(args), indent=2, sort_keys=True, default=str) + "\n",
         }
+        files = {os.path.join(out, name): text.encode("utf-8") for name, text in texts.items()}
+        files[os.path.join(out, "create_data_args.json")] = arguments_json(args)
         # one set: a failure while writing (a full disk) leaves the previous six files, never a mix
-        atomic_write_files({os.path.join(out, name): text.encode("utf-8") for name, text in texts.items()})
+        atomic_write_files(files)
     except ListError as exc:
         raise DataError(str(exc)) from None
     except OSError as exc:

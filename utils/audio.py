@@ -25,6 +25,7 @@ import numpy as np
 import soundfile as sf
 
 from utils.errors import UserError
+from utils.fileio import is_utf8
 
 SAMPLE_RATE = 16000
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus")
@@ -81,11 +82,7 @@ def _native_name(path: Path) -> str | bytes:
     """The name soundfile opens: a file name that is not UTF-8 (a surrogate in Python) as the bytes on
     disk, which soundfile passes through (it refused the str: "surrogates not allowed")."""
     name = str(path)
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return os.fsencode(name)
-    return name
+    return name if is_utf8(name) else os.fsencode(name)
 
 
 def within_full_scale(wav: np.ndarray) -> np.ndarray:

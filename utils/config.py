@@ -49,9 +49,16 @@ def print_arguments(args: argparse.Namespace) -> None:
 
 def save_arguments(args: argparse.Namespace, path: str | os.PathLike) -> None:
     """Save the configuration next to a script's outputs (atomic)."""
-    from utils.fileio import atomic_write_json
+    from utils.fileio import atomic_write_bytes
 
-    atomic_write_json(path, vars(args), sort_keys=True, default=str)
+    atomic_write_bytes(path, arguments_json(args))
+
+
+def arguments_json(args: argparse.Namespace) -> bytes:
+    """The configuration as save_arguments writes it (for a script that writes it within a set of files)."""
+    from utils.fileio import json_bytes
+
+    return json_bytes(vars(args), sort_keys=True, default=str)
 
 
 def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:

@@ -98,7 +98,7 @@ class _CtrlC:
         if self.armed and (not _importing(frame) or now - self.held_since >= self.HOLD_LIMIT_SECONDS):
             self._raise()
         if now - self.held_since >= self.HOLD_LIMIT_SECONDS:  # a hung top-level import: nothing to clean up yet
-            print("\ninterrupted", file=sys.stderr)
+            _say_interrupted()
             os._exit(130)
         self._start_resending()
 
@@ -233,11 +233,17 @@ def hold_ctrl_c_until_main() -> None:
     """A script's first statement, before its heavy imports (torch, numpy, fastapi: up to ~1 s): a Ctrl-C
     meanwhile is held, and interrupts in one line with status 130 once run_cli starts main(). Called only
     under `if __name__ == "__main__":`, so importing the script (tests) changes nothing."""
+    _install_ctrl_c(armed=False)
+
+
+def _install_ctrl_c(armed: bool) -> None:
+    """The scripts' handler in place of Python's default (in the main thread only); left alone when Ctrl-C
+    is ignored (nohup, a background job) or already installed."""
     if threading.current_thread() is threading.main_thread() and (
         signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    ):  # left alone when Ctrl-C is ignored (nohup, a background job)
+    ):
         _watch_forks()
-        signal.signal(signal.SIGINT, _CtrlC(armed=False))
+        signal.signal(signal.SIGINT, _CtrlC(armed=armed))
 
 
 def _caused_by_ctrl_c(exc: BaseException) -> bool:
@@ -252,8 +258,12 @@ def _caused_by_ctrl_c(exc: BaseException) -> bool:
     return False
 
 
-def _interrupted(main: Callable) -> NoReturn:
+def _say_interrupted() -> None:
     print("\ninterrupted", file=sys.stderr)
+
+
+def _interrupted(main: Callable) -> NoReturn:
+    _say_interrupted()
     # helper threads (e.g. the data loader's file-descriptor sharer) may fail while the process winds down:
     # after Ctrl-C their tracebacks are noise, the one line above is the message
     threading.excepthook = lambda args: None
@@ -263,14 +273,13 @@ def _interrupted(main: Callable) -> NoReturn:
 def run_cli(main: Callable[[], object]) -> NoReturn:
     """Run a script's main() the way every script ends: one line per failure, the right exit status.
     main() may return an exit status; anything else it returns (a benchmark's figures) means success."""
-    handler = signal.getsignal(signal.SIGINT)
-    if _is_script(main) and handler is signal.default_int_handler:
-        handler = _CtrlC()  # left alone when Ctrl-C is ignored (nohup, a background job)
-        _watch_forks()
-        signal.signal(signal.SIGINT, handler)
+    script = _is_script(main)
+    if script:
+        _install_ctrl_c(armed=True)
     try:
-        if _is_script(main) and isinstance(handler, _CtrlC):
-            handler.arm()
+        handler = signal.getsignal(signal.SIGINT)
+        if script and isinstance(handler, _CtrlC):
+            handler.arm()  # installed by hold_ctrl_c_until_main: a press held since then interrupts here
         code = main()
     except KeyboardInterrupt:
         _interrupted(main)

@@ -25,6 +25,8 @@ __all__ = [
     "atomic_write_text",
     "deferred_interrupt",
     "fsync_dir",
+    "is_utf8",
+    "json_bytes",
     "remove_stale_temp_files",
 ]
 
@@ -86,9 +88,23 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, **options: Any) -> None:
     """JSON with a 2-space indent and a final newline; `options` go to json.dumps (e.g. sort_keys)."""
+    atomic_write_bytes(path, json_bytes(obj, **options))
+
+
+def json_bytes(obj: Any, **options: Any) -> bytes:
+    """What atomic_write_json writes: 2-space indent, final newline, UTF-8."""
     text = json.dumps(obj, indent=2, **options) + "\n"
     # a file name that is not UTF-8 (a surrogate in Python) as a JSON escape: valid JSON, read back the same
-    atomic_write_bytes(path, text.encode("utf-8", "backslashreplace"))
+    return text.encode("utf-8", "backslashreplace")
+
+
+def is_utf8(name: str) -> bool:
+    """False for a name holding bytes that are not UTF-8 (Python keeps them as surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def remove_stale_temp_files(folder: str | os.PathLike) -> None:
